@@ -1,0 +1,288 @@
+"""Build a bundle from a spec: resolve images, stage the payload, sign, write the archive."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from bundler import __version__
+from bundler.archive import file_member, write_archive
+from bundler.image_store import STORE_DIR, StoredImage, StoreSummary, write_store
+from bundler.keys import load_private_key, sign
+from bundler.registry import RegistryClient, ResolvedImage
+from bundler.spec import BundleSpec, load_spec
+from installer import compose, reference
+from installer.constants import COMPOSE_DIR
+from installer.errors import ComposeError, InterpolationError, RegistryError, SpecError
+from installer.manifest import ImageRecord, Manifest, Member
+from installer.manifest import Descriptor as ManifestDescriptor
+from installer.progress import NullProgress, ProgressReporter
+
+logger = logging.getLogger(__name__)
+
+COMPOSE_MEDIA_TYPE = "application/yaml"
+# A value the operator supplies inside the enclave; bundling never needs it,
+# but interpolating the rest of the file does.
+_PLACEHOLDER = "airlock-placeholder"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything `airlock-bundle build` takes from its command line."""
+
+    spec_path: Path
+    key_paths: tuple[Path, ...]
+    output: Path
+    mirrors: Mapping[str, str] = field(default_factory=dict)
+    platform: str | None = None
+    source_date_epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build wrote, for the CLI to report."""
+
+    output: Path
+    manifest: Manifest
+    operator_variables: tuple[str, ...]
+    size: int
+
+
+@dataclass(frozen=True)
+class _ImageUse:
+    reference: reference.ImageReference
+    written: str
+    services: tuple[str, ...]
+
+
+def creation_time(environ: Mapping[str, str], override: int | None = None) -> int:
+    """Return the build's timestamp in seconds since the epoch.
+
+    SOURCE_DATE_EPOCH (reproducible-builds.org) wins; without it the time is
+    0, so two builds of the same inputs stay byte-identical.
+    """
+    if override is not None:
+        return override
+    value = environ.get("SOURCE_DATE_EPOCH")
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError as err:
+        raise SpecError(f"SOURCE_DATE_EPOCH={value!r} is not an integer number of seconds") from err
+
+
+def _read_compose(spec: BundleSpec) -> list[tuple[Path, object]]:
+    documents = []
+    for path in spec.compose_files:
+        try:
+            documents.append((path, yaml.safe_load(path.read_text(encoding="utf-8"))))
+        except (OSError, yaml.YAMLError) as err:
+            raise ComposeError(f"cannot read compose file {path}: {err}") from err
+    return documents
+
+
+def operator_variables(spec: BundleSpec) -> tuple[list[str], dict[str, str]]:
+    """Find required variables the spec neither sets nor generates.
+
+    Returns their names and an environment with placeholders for them, so
+    the rest of the compose files can be interpolated at build time. A
+    required variable inside an `image:` gets no placeholder: the image
+    list must come from real values.
+    """
+    provided = set(spec.env_set) | {secret.name for secret in spec.env_generate}
+    missing: dict[str, str] = {}
+    for path, document in _read_compose(spec):
+        for use in compose.variable_uses(document, source=path.name):
+            if use.name in provided or not use.required:
+                continue
+            if ".image" in f".{use.key_path}" and use.key_path.endswith("image"):
+                continue
+            missing.setdefault(use.name, use.message or "")
+    names = sorted(missing)
+    environ = dict(spec.env_set)
+    for secret in spec.env_generate:
+        environ[secret.name] = _PLACEHOLDER
+    for name in names:
+        environ[name] = _PLACEHOLDER
+    return names, environ
+
+
+def collect_images(spec: BundleSpec, environ: Mapping[str, str]) -> list[_ImageUse]:
+    """List every image the active services use plus the spec's extra images."""
+    try:
+        project = compose.load_project(list(spec.compose_files), environ, profiles=spec.profiles)
+    except InterpolationError as err:
+        raise InterpolationError(
+            f"{err.message}", hint="set the variable in the spec's env.set, or give it a default"
+        ) from err
+
+    by_reference: dict[str, tuple[reference.ImageReference, str, list[str]]] = {}
+    for service in project.active_services():
+        if service.image is None:
+            raise ComposeError(f"service {service.name} has no image; a bundle can carry only images")
+        parsed = reference.parse(service.image)
+        entry = by_reference.setdefault(str(parsed), (parsed, service.image, []))
+        entry[2].append(service.name)
+    for written in spec.extra_images:
+        parsed = reference.parse(written)
+        by_reference.setdefault(str(parsed), (parsed, written, []))
+    return [
+        _ImageUse(parsed, written, tuple(sorted(services)))
+        for _, (parsed, written, services) in sorted(by_reference.items())
+    ]
+
+
+def load_tag(ref: reference.ImageReference) -> str:
+    """Return the name `docker load` gives an image so compose finds it locally.
+
+    A reference with a tag loads under that tag (a digest next to it is
+    kept in the manifest only). A digest-only reference gets a tag derived
+    from the digest, because Docker's classic image store forgets registry
+    digests on load.
+    """
+    if ref.tag is not None:
+        return f"{ref.repository}:{ref.tag}"
+    if ref.digest is not None:
+        # TODO: compose still names such an image by digest; the installer must
+        # point it at this tag before `up`, or compose tries to pull it.
+        return f"{ref.repository}:{ref.digest.replace(':', '-')[:19]}"
+    return f"{ref.repository}:latest"
+
+
+def resolve_images(
+    client: RegistryClient, uses: Sequence[_ImageUse], platform: str
+) -> list[ResolvedImage]:
+    """Resolve every image, reporting all failures in one error."""
+    resolved: list[ResolvedImage] = []
+    failures: list[str] = []
+    for use in uses:
+        try:
+            resolved.append(client.resolve(use.reference, platform))
+        except RegistryError as err:
+            failures.append(str(err))
+    if failures:
+        raise RegistryError(
+            f"{len(failures)} of {len(uses)} images could not be resolved:\n  " + "\n  ".join(failures)
+        )
+    return resolved
+
+
+def _stage_compose(spec: BundleSpec, root: Path) -> list[str]:
+    names = [path.name for path in spec.compose_files]
+    if len(set(names)) != len(names):
+        raise SpecError("two compose files in the spec share a file name; rename one")
+    (root / COMPOSE_DIR).mkdir(parents=True)
+    paths = []
+    for path in spec.compose_files:
+        relative = f"{COMPOSE_DIR}{path.name}"
+        shutil.copyfile(path, root / relative)
+        paths.append(relative)
+    return paths
+
+
+def _media_type(path: str) -> str:
+    if path.startswith(COMPOSE_DIR):
+        return COMPOSE_MEDIA_TYPE
+    if path.endswith(".json") or path.endswith("oci-layout"):
+        return "application/json"
+    return "application/octet-stream"
+
+
+def build(
+    options: BuildOptions,
+    *,
+    environ: Mapping[str, str] | None = None,
+    progress: ProgressReporter | None = None,
+    client: RegistryClient | None = None,
+) -> BuildResult:
+    """Build the bundle `options` describe and return what was written.
+
+    1. Read and validate the spec.
+    2. Work out which variables the operator must provide inside the enclave.
+    3. Interpolate the compose files and collect every image.
+    4. Resolve every image in its registry (or mirror) for the platform.
+    5. Stage the compose files and the image store in a temporary folder.
+    6. Record every member in the manifest, sign it, write the archive.
+    """
+    environ = os.environ if environ is None else environ
+    progress = progress or NullProgress()
+    spec = load_spec(options.spec_path)
+    keys = [load_private_key(path) for path in options.key_paths]
+    platform = options.platform or spec.platform
+    epoch = creation_time(environ, options.source_date_epoch)
+
+    required, interpolation_env = operator_variables(spec)
+    for name in required:
+        logger.warning("variable %s must be provided in .env inside the enclave", name)
+
+    uses = collect_images(spec, interpolation_env)
+    client = client or RegistryClient(options.mirrors)
+    resolved = resolve_images(client, uses, platform)
+
+    with tempfile.TemporaryDirectory(prefix="airlock-build-", dir=options.output.parent) as tmp:
+        root = Path(tmp)
+        compose_paths = _stage_compose(spec, root)
+        stored = [StoredImage(image, load_tag(use.reference)) for use, image in zip(uses, resolved, strict=True)]
+        summary: StoreSummary = write_store(root, stored, client, progress=progress)
+
+        payload_paths = sorted(
+            str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
+        )
+        members: list[Member] = [file_member(root, path, _media_type(path)) for path in payload_paths]
+
+        records = [
+            ImageRecord(
+                reference=use.written,
+                source=image.source,
+                index_digest=image.index_digest,
+                manifest_digest=image.manifest_digest,
+                manifest_media_type=image.manifest_media_type,
+                config=ManifestDescriptor(image.config.media_type, image.config.digest, image.config.size),
+                platform=image.platform,
+                layers=tuple(
+                    ManifestDescriptor(layer.media_type, layer.digest, layer.size) for layer in image.layers
+                ),
+                load_tag=item.load_tag,
+                services=use.services,
+            )
+            for use, image, item in zip(uses, resolved, stored, strict=True)
+        ]
+        manifest = Manifest(
+            name=spec.name,
+            version=spec.version,
+            sequence=spec.sequence,
+            created=datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            expires=spec.expires,
+            builder=f"airlock-bundle {__version__}",
+            platform=platform,
+            spec=spec.raw,
+            compose_files=tuple(compose_paths),
+            project_name=spec.project_name,
+            profiles=spec.profiles,
+            env_set=spec.env_set,
+            env_generate=spec.env_generate,
+            env_required=tuple(required),
+            images=tuple(records),
+            members=tuple(members),
+            layer_bytes=summary.layer_bytes,
+            layer_bytes_stored=summary.layer_bytes_stored,
+        )
+        manifest_bytes = manifest.to_bytes()
+        signatures = dict(sign(key, manifest_bytes) for key in keys)
+        options.output.parent.mkdir(parents=True, exist_ok=True)
+        write_archive(options.output, manifest_bytes, signatures, root, members, mtime=epoch)
+
+    logger.info("wrote %s (%d images, %d members)", options.output, len(records), len(members))
+    return BuildResult(options.output, manifest, tuple(required), options.output.stat().st_size)
+
+
+__all__ = ["BuildOptions", "BuildResult", "build", "STORE_DIR"]

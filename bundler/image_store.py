@@ -1,0 +1,173 @@
+"""Write the bundle's one image store: an OCI image layout that is also a docker-archive.
+
+Every blob (image manifest, config, layer) is stored once under
+`images/blobs/sha256/`, however many images share it. `images/index.json`
+and `images/oci-layout` make the folder an OCI image layout
+(image-spec v1.1, image-layout.md); `images/manifest.json` lists each image's
+config, layers and tag the way `docker load` expects (Docker Engine 20.10
+cannot load an OCI layout alone, and accepts gzip layers from the list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bundler.registry import RegistryClient, ResolvedImage
+from installer.constants import (
+    DOCKER_LAYER_GZIP,
+    OCI_INDEX,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    OCI_LAYOUT_FILE,
+    OCI_LAYOUT_VERSION,
+    OCI_REF_NAME_ANNOTATION,
+)
+from installer.errors import RegistryError
+from installer.manifest import canonical_json
+from installer.progress import NullProgress, ProgressReporter
+
+logger = logging.getLogger(__name__)
+
+STORE_DIR = "images"
+BLOBS_DIR = "blobs/sha256"
+DOCKER_ARCHIVE_MANIFEST = "manifest.json"
+OCI_INDEX_FILE = "index.json"
+
+# Layer encodings Docker Engine 20.10 can load; zstd arrived in Engine 23.
+LOADABLE_LAYER_TYPES = frozenset({DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR})
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image written to the store under the tag `docker load` gives it."""
+
+    image: ResolvedImage
+    load_tag: str
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """Byte counts that show what deduplication saved."""
+
+    layer_bytes: int
+    layer_bytes_stored: int
+
+
+def blob_path(digest: str) -> str:
+    """Return a blob's path inside the store, e.g. `blobs/sha256/<hex>`."""
+    algorithm, _, hexdigest = digest.partition(":")
+    if algorithm != "sha256" or len(hexdigest) != 64:
+        raise RegistryError(f"unsupported digest {digest}; only sha256 is supported")
+    return f"{BLOBS_DIR}/{hexdigest}"
+
+
+def check_loadable(image: ResolvedImage) -> None:
+    """Reject layer encodings that `docker load` on Engine 20.10 cannot read."""
+    for layer in image.layers:
+        if layer.media_type not in LOADABLE_LAYER_TYPES:
+            raise RegistryError(
+                f"image {image.reference} has a layer {layer.digest} of type {layer.media_type}, "
+                "which docker load on Engine 20.10 cannot read",
+                hint="publish the image with gzip layers, or pick a tag built that way",
+            )
+
+
+def _write_bytes(path: Path, data: bytes, digest: str) -> None:
+    found = "sha256:" + hashlib.sha256(data).hexdigest()
+    if found != digest:
+        raise RegistryError(f"blob {digest} has digest {found} after download")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def write_store(
+    root: Path,
+    images: Sequence[StoredImage],
+    client: RegistryClient,
+    *,
+    progress: ProgressReporter | None = None,
+) -> StoreSummary:
+    """Write the image store below `root/images`, downloading each layer once."""
+    progress = progress or NullProgress()
+    store = root / STORE_DIR
+    (store / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
+
+    layer_bytes = 0
+    layer_bytes_stored = 0
+    pending: dict[str, tuple[StoredImage, int]] = {}
+    for stored in images:
+        image = stored.image
+        check_loadable(image)
+        _write_bytes(store / blob_path(image.manifest_digest), image.manifest_bytes, image.manifest_digest)
+        _write_bytes(store / blob_path(image.config.digest), image.config_bytes, image.config.digest)
+        for layer in image.layers:
+            layer_bytes += layer.size
+            if layer.digest not in pending:
+                pending[layer.digest] = (stored, layer.size)
+
+    total = sum(size for _, size in pending.values())
+    progress.start(f"downloading {len(pending)} layers", total)
+    try:
+        for digest, (stored, size) in sorted(pending.items()):
+            target = store / blob_path(digest)
+            descriptor = next(layer for layer in stored.image.layers if layer.digest == digest)
+            partial = target.with_suffix(".partial")
+            with partial.open("wb") as out:
+                client.download_blob(stored.image, descriptor, out, progress=progress.advance)
+            partial.rename(target)
+            layer_bytes_stored += size
+            logger.debug("layer %s stored (%d bytes)", digest, size)
+    finally:
+        progress.finish()
+
+    _write_indexes(store, images)
+    logger.info(
+        "image store: %d images, %d layer bytes, %d stored after deduplication",
+        len(images),
+        layer_bytes,
+        layer_bytes_stored,
+    )
+    return StoreSummary(layer_bytes, layer_bytes_stored)
+
+
+def _write_indexes(store: Path, images: Sequence[StoredImage]) -> None:
+    """Write `oci-layout`, `index.json` and the docker-archive `manifest.json`."""
+    index_entries = []
+    archive_entries = []
+    for stored in images:
+        image = stored.image
+        os_name, _, rest = image.platform.partition("/")
+        architecture, _, variant = rest.partition("/")
+        platform = {"os": os_name, "architecture": architecture}
+        if variant:
+            platform["variant"] = variant
+        index_entries.append(
+            {
+                "mediaType": image.manifest_media_type,
+                "digest": image.manifest_digest,
+                "size": len(image.manifest_bytes),
+                "platform": platform,
+                "annotations": {
+                    # containerd's `ctr import` names images from this key.
+                    "io.containerd.image.name": stored.load_tag,
+                    OCI_REF_NAME_ANNOTATION: stored.load_tag,
+                },
+            }
+        )
+        archive_entries.append(
+            {
+                "Config": blob_path(image.config.digest),
+                "RepoTags": [stored.load_tag],
+                "Layers": [blob_path(layer.digest) for layer in image.layers],
+            }
+        )
+
+    (store / OCI_LAYOUT_FILE).write_bytes(canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+    (store / OCI_INDEX_FILE).write_bytes(
+        canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index_entries})
+    )
+    (store / DOCKER_ARCHIVE_MANIFEST).write_bytes(canonical_json(archive_entries))
