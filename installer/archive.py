@@ -230,6 +230,7 @@ def read_bundle(
                 raise DigestMismatchError(
                     f"bundle ends before member {expected.path}", hint=_REDO_HINT
                 )
+            _check_regular(info)
             if info.name != expected.path:
                 if manifest.member(info.name) is None:
                     raise UnsafeMemberError(
@@ -240,7 +241,6 @@ def read_bundle(
                     f"bundle member {info.name} is out of order: expected {expected.path}",
                     hint=_REDO_HINT,
                 )
-            _check_regular(info)
             if info.size != expected.size:
                 raise DigestMismatchError(
                     f"member {info.name} is {info.size} bytes, the manifest records {expected.size}",
@@ -252,6 +252,7 @@ def read_bundle(
 
         # 6. Nothing extra.
         if info is not None:
+            _check_regular(info)
             raise UnsafeMemberError(
                 f"bundle member {info.name} is not listed in the manifest", hint=_REDO_HINT
             )

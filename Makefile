@@ -1,0 +1,54 @@
+# airlock's two commands: `make demo` (the whole job, end to end, on the
+# built-in authentik sample) and `make test`. Both install what they need:
+# Debian packages and a running Docker engine and registry (scripts/services.sh),
+# and a virtual environment with the Python dependencies (.venv).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REGISTRY := 127.0.0.1:5000
+DEMO_DIR := demo
+DEMO_KEY := $(DEMO_DIR)/keys/demo
+DEMO_BUNDLE := dist/authentik-2026.2.2.airlock
+DEMO_TARGET := $(DEMO_DIR)/target
+
+.PHONY: demo test lint services standins venv clean-demo
+
+$(BIN)/airlock-install: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/airlock-install
+
+services:
+	scripts/services.sh start
+
+standins: services
+	scripts/build-standins.sh --registry $(REGISTRY)
+
+$(DEMO_KEY).key: venv
+	$(BIN)/airlock-bundle keygen --out $(DEMO_DIR)/keys --name demo
+
+demo: venv standins $(DEMO_KEY).key
+	$(BIN)/airlock-bundle build examples/authentik/bundle.yaml --key $(DEMO_KEY).key \
+		--output $(DEMO_BUNDLE) --mirror docker.io=$(REGISTRY) --mirror ghcr.io=$(REGISTRY)
+	$(BIN)/airlock-bundle inspect $(DEMO_BUNDLE)
+	$(BIN)/airlock-install verify $(DEMO_BUNDLE) --key $(DEMO_KEY).pub
+	$(BIN)/airlock-install install $(DEMO_BUNDLE) --target $(DEMO_TARGET) --key $(DEMO_KEY).pub
+	$(BIN)/airlock-install status --target $(DEMO_TARGET)
+	@echo "server on http://127.0.0.1:9000/ answers:"
+	@curl -fsS http://127.0.0.1:9000/-/health/live/ && echo
+
+# pytest exits 5 when it collected no test; that is a failure here too.
+test: venv services
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check bundler installer schemas tests
+	$(BIN)/mypy bundler installer schemas
+
+clean-demo:
+	-cd $(DEMO_TARGET) && docker-compose down --remove-orphans
+	rm -rf $(DEMO_DIR) dist
