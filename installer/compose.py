@@ -372,7 +372,8 @@ class VariableUse:
     has_default: bool
     # The default of `:-` or `-`, as written (it may itself contain variables).
     default: str | None
-    path: str
+    # Where the reference sits, e.g. "services.db.environment.PASSWORD".
+    key_path: str
     source: str
 
 
@@ -419,7 +420,7 @@ def variable_uses(data: Any, *, source: str) -> list[VariableUse]:
                     message=variable.word_text if required else None,
                     has_default=has_default,
                     default=variable.word_text if has_default else None,
-                    path=path,
+                    key_path=path,
                     source=source,
                 )
             )
@@ -738,18 +739,18 @@ class ComposeProject:
     # Profiles that were active when the project was loaded.
     profiles: tuple[str, ...] = ()
 
-    def active_services(self) -> dict[str, Service]:
-        """Return the services that run with the active profiles.
+    def active_services(self) -> list[Service]:
+        """Return the services that run with the active profiles, in file order.
 
         A service without profiles always runs; the profile "*" enables every
         service, as `docker compose --profile "*"` does.
         """
         active = set(self.profiles)
-        return {
-            name: service
-            for name, service in self.services.items()
+        return [
+            service
+            for service in self.services.values()
             if not service.profiles or "*" in active or active.intersection(service.profiles)
-        }
+        ]
 
 
 def _parse_port_number(text: str, what: str) -> tuple[int, int]:

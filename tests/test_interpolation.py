@@ -282,7 +282,7 @@ def test_variable_uses_reports_required_and_defaults() -> None:
     assert by_name["PG_PASS"].required
     assert by_name["PG_PASS"].required_if_empty
     assert by_name["PG_PASS"].message == "database password required"
-    assert by_name["PG_PASS"].path == "services.postgresql.environment.POSTGRES_PASSWORD"
+    assert by_name["PG_PASS"].key_path == "services.postgresql.environment.POSTGRES_PASSWORD"
     assert by_name["PG_PASS"].source == "compose.yml"
     assert not by_name["PG_USER"].required
     assert by_name["PG_USER"].has_default
