@@ -126,7 +126,7 @@ def _unavailable_hint(address: str, err: Exception) -> str:
 
 
 @contextmanager
-def _engine_call(action: str) -> Iterator[None]:
+def engine_errors(action: str) -> Iterator[None]:
     """Wrap SDK exceptions raised while doing `action` in airlock's errors."""
     try:
         yield
@@ -148,9 +148,9 @@ def _api_message(err: docker.errors.APIError) -> str:
 
 def engine_info(client: docker.DockerClient) -> EngineInfo:
     """Describe the engine: versions, platform, data root and its free space."""
-    with _engine_call("reading the engine's version"):
+    with engine_errors("reading the engine's version"):
         version: dict[str, Any] = client.version()
-    with _engine_call("reading the engine's info"):
+    with engine_errors("reading the engine's info"):
         info: dict[str, Any] = client.info()
 
     address = _client_address(client)
@@ -221,7 +221,7 @@ def load_images(
 
     reporter.start("Loading images", total, "B")
     try:
-        with _engine_call("docker load"):
+        with engine_errors("docker load"):
             messages = client.api.load_image(_counted(chunks, reporter), quiet=False)
             loaded_names = _read_load_messages(messages)
     finally:
@@ -283,7 +283,7 @@ def _has_image_id(client: docker.DockerClient, expected_id: str) -> bool:
 
 def image_id(client: docker.DockerClient, reference: str) -> str | None:
     """Return the id (`sha256:...`) of the local image `reference`, or None when absent."""
-    with _engine_call(f"inspecting image {reference}"):
+    with engine_errors(f"inspecting image {reference}"):
         try:
             attrs = client.api.inspect_image(reference)
         except docker.errors.NotFound:
@@ -303,7 +303,7 @@ def missing_images(client: docker.DockerClient, references: Iterable[str]) -> li
 def tag_image(client: docker.DockerClient, image_id: str, reference: str) -> None:
     """Point the tag `reference` at the local image `image_id`, moving it if it exists."""
     repository, tag = split_tag(reference)
-    with _engine_call(f"tagging {image_id} as {reference}"):
+    with engine_errors(f"tagging {image_id} as {reference}"):
         tagged = client.api.tag(image_id, repository, tag, force=True)
     if not tagged:
         raise InstallError(f"tagging {image_id} as {reference} failed")
@@ -333,7 +333,7 @@ def remove_images(client: docker.DockerClient, ids: Iterable[str]) -> list[str]:
     child image still uses is kept and logged as a warning. Returns the ids
     removed.
     """
-    with _engine_call("listing containers"):
+    with engine_errors("listing containers"):
         containers = client.api.containers(all=True)
     in_use = {str(container.get("ImageID", "")) for container in containers}
 
@@ -342,7 +342,7 @@ def remove_images(client: docker.DockerClient, ids: Iterable[str]) -> list[str]:
         if identifier in in_use:
             logger.warning("keeping image %s because a container uses it", identifier)
             continue
-        with _engine_call(f"removing image {identifier}"):
+        with engine_errors(f"removing image {identifier}"):
             try:
                 # force removes every tag at once. The in-use check above keeps
                 # force from untagging an image under a container.
@@ -366,7 +366,7 @@ def image_platform(client: docker.DockerClient, reference: str) -> str:
 
     Raises InstallError when the image is not present.
     """
-    with _engine_call(f"inspecting image {reference}"):
+    with engine_errors(f"inspecting image {reference}"):
         try:
             attrs = client.api.inspect_image(reference)
         except docker.errors.NotFound as err:

@@ -42,7 +42,7 @@ CHUNK_SIZE = 64 * 1024
 
 
 # TODO: move docker_client and the busybox image builder to tests/conftest.py
-# once it exists; test_compose_cli.py carries a copy of both.
+# once it exists, because test_compose_cli.py carries a copy of both.
 @pytest.fixture(scope="module")
 def docker_client() -> Iterator[docker.DockerClient]:
     """Connect to the local engine, skipping without one except in CI, where that fails."""
