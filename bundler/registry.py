@@ -72,8 +72,7 @@ _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # The first retry waits this long, and each later one twice as long.
 _FIRST_RETRY_DELAY_SECONDS = 0.5
 
-# Docker Image Manifest V2, Schema 1 (distribution docs/spec/manifest-v2-1.md):
-# deprecated, and without the config blob that `docker load` needs.
+# Docker's deprecated schema 1 manifests have no config blob, which `docker load` needs.
 _SCHEMA1_MEDIA_TYPES = frozenset(
     {
         "application/vnd.docker.distribution.manifest.v1+json",
@@ -148,7 +147,7 @@ class _Platform(NamedTuple):
 
 @dataclass(frozen=True)
 class _Endpoint:
-    """Where a repository's API lives: `host` as written, `api_host` as contacted."""
+    """API location of one repository: `host` as in the reference, `api_host` as contacted."""
 
     host: str
     api_host: str
@@ -206,7 +205,7 @@ def parse_mirrors(values: Sequence[str]) -> dict[str, str]:
 
 
 def parse_platform(text: str) -> str:
-    """Return the canonical form of `OS/ARCH[/VARIANT]`, e.g. `linux/arm64/v8`.
+    """Return the normalised form of `OS/ARCH[/VARIANT]`, e.g. `linux/arm/v7` for `linux/armhf`.
 
     Raises RegistryUsageError for anything else.
     """
@@ -271,22 +270,24 @@ class RegistryClient:
            architecture match `platform`.
         5. When `ref` has both a tag and a digest, record where the tag points now.
         """
-        wanted = _parse_platform(platform)
+        requested = _parse_platform(platform)
         endpoint = self._endpoint(ref)
-        logger.debug("resolving %s as %s for %s", ref, endpoint.source, wanted)
+        logger.debug("resolving %s as %s for %s", ref, endpoint.source, requested)
 
         body, media_type, digest = self._fetch_manifest(endpoint, ref, ref.manifest_reference)
         index_digest: str | None = None
         if media_type in INDEX_MEDIA_TYPES:
             index_digest = digest
-            entry, chosen = _select_platform(_parse_json(body, ref, "index"), wanted, ref, digest)
+            entry, chosen = _select_platform(
+                _parse_json(body, ref, "index"), requested, ref, digest
+            )
             body, media_type, digest = self._fetch_manifest(
                 endpoint, ref, entry.digest, expected_size=entry.size
             )
             if media_type not in _IMAGE_MANIFEST_MEDIA_TYPES:
                 _fail(ref, f"index entry {entry.digest} for {chosen} is {media_type}, not an image")
         else:
-            chosen = wanted
+            chosen = requested
 
         manifest = _parse_json(body, ref, "manifest")
         config = _descriptor(manifest.get("config"), ref, "config")
@@ -297,7 +298,7 @@ class RegistryClient:
 
         config_bytes = self._fetch_config(endpoint, ref, config)
         if index_digest is None:
-            chosen = _check_config_platform(config_bytes, wanted, ref)
+            chosen = _check_config_platform(config_bytes, requested, ref)
 
         tag_digest = None
         if ref.tag is not None and ref.digest is not None:
@@ -362,8 +363,8 @@ class RegistryClient:
         endpoint = self._endpoint_for_source(image.source)
         algorithm, expected_hex = _split_digest(descriptor.digest, image.reference)
         url = f"{endpoint.base_url}/blobs/{descriptor.digest}"
-        what = f"blob {descriptor.digest} of image {image.reference}"
-        logger.debug("downloading %s (%d bytes) from %s", what, descriptor.size, url)
+        item = f"blob {descriptor.digest} of image {image.reference}"
+        logger.debug("downloading %s (%d bytes) from %s", item, descriptor.size, url)
 
         response = self._request(endpoint, "GET", url, stream=True)
         with response:
@@ -371,8 +372,8 @@ class RegistryClient:
                 response,
                 image.reference,
                 endpoint,
-                what,
-                not_found=f"image {image.reference} is incomplete: {endpoint.host} has no {what}",
+                item,
+                not_found=f"image {image.reference} is incomplete: {endpoint.host} has no {item}",
             )
             hasher = hashlib.new(algorithm)
             received = 0
@@ -387,26 +388,26 @@ class RegistryClient:
                         progress(len(chunk))
             except requests.RequestException as err:
                 raise RegistryError(
-                    f"download of {what} from {endpoint.host} failed after {received} "
+                    f"download of {item} from {endpoint.host} failed after {received} "
                     f"bytes: {_describe(err)}",
                     hint="run the command again",
                 ) from err
 
         if received != descriptor.size:
-            # The loop stops at the first chunk past the size, so "over" is all it knows.
+            # The loop stops at the first chunk past the size, so the exact excess is unknown.
             amount = f"{received}" if received < descriptor.size else f"over {descriptor.size}"
             raise DigestMismatchError(
-                f"{what} from {endpoint.source} is {amount} bytes, expected {descriptor.size}",
+                f"{item} from {endpoint.source} is {amount} bytes, expected {descriptor.size}",
                 hint="the registry or a proxy changed the content; check the registry",
             )
         actual_hex = hasher.hexdigest()
         if actual_hex != expected_hex:
             raise DigestMismatchError(
-                f"{what} from {endpoint.source} has digest {algorithm}:{actual_hex}, "
+                f"{item} from {endpoint.source} has digest {algorithm}:{actual_hex}, "
                 f"expected {descriptor.digest}",
                 hint="the registry or a proxy changed the content; check the registry",
             )
-        logger.debug("downloaded %s", what)
+        logger.debug("downloaded %s", item)
 
     # Endpoints and requests.
 
@@ -534,7 +535,7 @@ class RegistryClient:
         """
         separator = "@" if ":" in reference else ":"
         manifest_name = f"{endpoint.path}{separator}{reference}"
-        what = f"manifest {manifest_name} of image {ref}"
+        item = f"manifest {manifest_name} of image {ref}"
         url = f"{endpoint.base_url}/manifests/{reference}"
         response = self._request(
             endpoint, "GET", url, headers={"Accept": MANIFEST_ACCEPT}, stream=True
@@ -544,42 +545,42 @@ class RegistryClient:
                 response,
                 ref,
                 endpoint,
-                what,
+                item,
                 not_found=f"image {ref} not found: {endpoint.host} has no manifest {manifest_name}",
             )
-            body = _read_bounded(response, MAX_MANIFEST_BYTES, what)
+            body = _read_bounded(response, MAX_MANIFEST_BYTES, item)
             header_digest = response.headers.get("Docker-Content-Digest")
             content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
 
         if len(body) > MAX_MANIFEST_BYTES:
-            _fail(ref, f"{what} is larger than the limit of {MAX_MANIFEST_BYTES} bytes")
+            _fail(ref, f"{item} is larger than the limit of {MAX_MANIFEST_BYTES} bytes")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if header_digest and header_digest.startswith("sha256:") and header_digest != digest:
             raise DigestMismatchError(
-                f"{what} from {endpoint.host}: the registry sent bytes with "
+                f"{item} from {endpoint.host}: the registry sent bytes with "
                 f"digest {digest}, but its Docker-Content-Digest header says {header_digest}",
                 hint="the registry or a proxy changed the content; check the registry",
             )
         if separator == "@":
             if reference.startswith("sha256:") and digest != reference:
                 raise DigestMismatchError(
-                    f"{what} from {endpoint.host} has digest {digest}, expected {reference}",
+                    f"{item} from {endpoint.host} has digest {digest}, expected {reference}",
                     hint="the registry or a proxy changed the content; check the registry",
                 )
             if expected_size is not None and len(body) != expected_size:
                 raise DigestMismatchError(
-                    f"{what} from {endpoint.host} is {len(body)} bytes, "
+                    f"{item} from {endpoint.host} is {len(body)} bytes, "
                     f"the index says {expected_size}",
                     hint="the registry or a proxy changed the content; check the registry",
                 )
 
-        media_type = _manifest_media_type(body, content_type, ref, what)
-        logger.debug("fetched %s: %s, %d bytes, %s", what, media_type, len(body), digest)
+        media_type = _manifest_media_type(body, content_type, ref, item)
+        logger.debug("fetched %s: %s, %d bytes, %s", item, media_type, len(body), digest)
         return body, media_type, digest
 
     def _fetch_config(self, endpoint: _Endpoint, ref: ImageReference, config: Descriptor) -> bytes:
         """Fetch the config blob whole and check its size and digest."""
-        what = f"config {config.digest} of image {ref}"
+        item = f"config {config.digest} of image {ref}"
         if config.size > MAX_CONFIG_BYTES:
             _fail(ref, f"config is {config.size} bytes, the limit is {MAX_CONFIG_BYTES}")
         algorithm, expected_hex = _split_digest(config.digest, ref)
@@ -591,17 +592,17 @@ class RegistryClient:
                 response,
                 ref,
                 endpoint,
-                what,
-                not_found=f"image {ref} is incomplete: {endpoint.host} has no {what}",
+                item,
+                not_found=f"image {ref} is incomplete: {endpoint.host} has no {item}",
             )
-            body = _read_bounded(response, config.size, what)
+            body = _read_bounded(response, config.size, item)
 
         actual_hex = hashlib.new(algorithm, body).hexdigest()
         if len(body) != config.size or actual_hex != expected_hex:
             # One byte more than the size means the registry sent at least that many.
             received = f"{len(body)}" if len(body) <= config.size else f"over {config.size}"
             raise DigestMismatchError(
-                f"{what} from {endpoint.source} is {received} bytes with digest "
+                f"{item} from {endpoint.source} is {received} bytes with digest "
                 f"{algorithm}:{actual_hex}, expected {config.size} bytes with digest "
                 f"{config.digest}",
                 hint="the registry or a proxy changed the content; check the registry",
@@ -684,30 +685,44 @@ def _parse_platform(text: str) -> _Platform:
             f"invalid platform {text!r}: expected OS/ARCH[/VARIANT]",
             hint="for example linux/amd64 or linux/arm64",
         )
-    os_name = parts[0].lower()
-    variant = parts[2].lower() if len(parts) == 3 else None
-    return _normalise_platform(os_name, parts[1].lower(), variant)
+    variant = parts[2] if len(parts) == 3 else None
+    return _normalise_platform(parts[0], parts[1], variant)
 
 
 def _normalise_platform(os_name: str, architecture: str, variant: str | None) -> _Platform:
-    """Apply containerd's platform normalisation, so `linux/arm64` equals `linux/arm64/v8`."""
-    # Aliases and default variants from containerd's platforms/database.go.
-    architecture = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}.get(
-        architecture, architecture
-    )
-    if architecture == "arm64" and variant in (None, "8", "v8"):
-        variant = "v8"
-    elif architecture == "arm" and variant in (None, "7", "v7"):
-        variant = "v7"
-    elif architecture == "amd64" and variant in ("v1", ""):
-        variant = None
-    return _Platform(os_name, architecture, variant)
+    """Normalise a platform as containerd does, so `linux/arm64/v8` equals `linux/arm64`."""
+    # Aliases and default variants as in containerd/platforms database.go
+    # (normalizeOS, normalizeArch).
+    os_name, architecture, variant = os_name.lower(), architecture.lower(), (variant or "").lower()
+    if os_name == "macos":
+        os_name = "darwin"
+    if architecture == "i386":
+        architecture, variant = "386", ""
+    elif architecture in ("x86_64", "x86-64", "amd64"):
+        architecture = "amd64"
+        variant = "" if variant == "v1" else variant
+    elif architecture in ("aarch64", "arm64"):
+        architecture = "arm64"
+        variant = "" if variant in ("8", "v8") else variant
+    elif architecture == "armhf":
+        architecture, variant = "arm", "v7"
+    elif architecture == "armel":
+        architecture, variant = "arm", "v6"
+    elif architecture == "arm":
+        if variant in ("", "7"):
+            variant = "v7"
+        elif variant in ("5", "6", "8"):
+            variant = "v" + variant
+    return _Platform(os_name, architecture, variant or None)
 
 
 def _select_platform(
-    index: dict[str, Any], wanted: _Platform, ref: ImageReference, index_digest: str
+    index: dict[str, Any], requested: _Platform, ref: ImageReference, index_digest: str
 ) -> tuple[Descriptor, _Platform]:
-    """Pick the image manifest for `wanted` from an index; list what it has when none fits."""
+    """Pick the image manifest for `requested` from an index.
+
+    Raises RegistryError listing the platforms the index has when none matches.
+    """
     entries = index.get("manifests")
     if not isinstance(entries, list):
         _fail(ref, f"index {index_digest} has no manifests list")
@@ -719,14 +734,17 @@ def _select_platform(
         raw = entry.get("platform")
         if not isinstance(raw, dict):
             continue
+        variant = raw.get("variant")
         found = _normalise_platform(
-            str(raw.get("os", "")), str(raw.get("architecture", "")), raw.get("variant")
+            str(raw.get("os", "")),
+            str(raw.get("architecture", "")),
+            variant if isinstance(variant, str) else None,
         )
         # Build attestations are listed with the platform unknown/unknown.
         if found.os == "unknown":
             continue
-        if found == wanted:
-            logger.debug("index %s: %s is %s", index_digest, wanted, entry.get("digest"))
+        if found == requested:
+            logger.debug("index %s: %s is %s", index_digest, requested, entry.get("digest"))
             return _descriptor(entry, ref, "index entry"), found
         available.append(str(found))
 
@@ -734,42 +752,42 @@ def _select_platform(
     # host), which containerd would accept.
     listed = ", ".join(sorted(set(available))) or "no platforms"
     raise RegistryError(
-        f"image {ref} has no {wanted} variant: index {index_digest} lists {listed}",
+        f"image {ref} has no {requested} variant: index {index_digest} lists {listed}",
         hint="choose one of those with --platform, or use an image built for this platform",
     )
 
 
 def _check_config_platform(
-    config_bytes: bytes, wanted: _Platform, ref: ImageReference
+    config_bytes: bytes, requested: _Platform, ref: ImageReference
 ) -> _Platform:
-    """Check that a single-platform image was built for `wanted`; return its platform."""
+    """Check that a single-platform image was built for `requested`; return its platform."""
     config = _parse_json(config_bytes, ref, "config")
     os_name, architecture = config.get("os"), config.get("architecture")
     if not isinstance(os_name, str) or not isinstance(architecture, str):
-        logger.warning("image %s: config names no OS or architecture, assuming %s", ref, wanted)
-        return wanted
+        logger.warning("image %s: config names no OS or architecture, assuming %s", ref, requested)
+        return requested
     variant = config.get("variant")
     found = _normalise_platform(
-        os_name.lower(), architecture.lower(), variant if isinstance(variant, str) else None
+        os_name, architecture, variant if isinstance(variant, str) else None
     )
-    if found != wanted:
+    if found != requested:
         raise RegistryError(
-            f"image {ref} is built for {found} only, not {wanted}",
-            hint=f"bundle with --platform {found}, or use an image built for {wanted}",
+            f"image {ref} is built for {found} only, not {requested}",
+            hint=f"bundle with --platform {found}, or use an image built for {requested}",
         )
     return found
 
 
-def _manifest_media_type(body: bytes, content_type: str, ref: ImageReference, what: str) -> str:
+def _manifest_media_type(body: bytes, content_type: str, ref: ImageReference, item: str) -> str:
     """Return the media type of a manifest: its `mediaType` field, else the Content-Type."""
     if content_type in _SCHEMA1_MEDIA_TYPES:
-        _fail(ref, f"{what} is a Docker schema 1 manifest, which airlock does not support")
-    document = _parse_json(body, ref, what)
+        _fail(ref, f"{item} is a Docker schema 1 manifest, which airlock does not support")
+    document = _parse_json(body, ref, item)
     media_type = document.get("mediaType") or content_type
     if media_type in _SCHEMA1_MEDIA_TYPES or document.get("schemaVersion") == 1:
-        _fail(ref, f"{what} is a Docker schema 1 manifest, which airlock does not support")
+        _fail(ref, f"{item} is a Docker schema 1 manifest, which airlock does not support")
     if document.get("schemaVersion") != 2:
-        _fail(ref, f"{what} has schemaVersion {document.get('schemaVersion')!r}, expected 2")
+        _fail(ref, f"{item} has schemaVersion {document.get('schemaVersion')!r}, expected 2")
     # OCI image-spec makes `mediaType` optional in manifests and indexes.
     if media_type not in INDEX_MEDIA_TYPES and media_type not in _IMAGE_MANIFEST_MEDIA_TYPES:
         if "manifests" in document:
@@ -777,22 +795,22 @@ def _manifest_media_type(body: bytes, content_type: str, ref: ImageReference, wh
         elif "config" in document and "layers" in document:
             media_type = "application/vnd.oci.image.manifest.v1+json"
         else:
-            _fail(ref, f"{what} has the unsupported media type {media_type!r}")
+            _fail(ref, f"{item} has the unsupported media type {media_type!r}")
     return str(media_type)
 
 
-def _descriptor(value: object, ref: ImageReference, what: str) -> Descriptor:
+def _descriptor(value: object, ref: ImageReference, item: str) -> Descriptor:
     """Validate a descriptor from a manifest or index."""
     if not isinstance(value, dict):
-        _fail(ref, f"{what} descriptor is missing or not an object")
+        _fail(ref, f"{item} descriptor is missing or not an object")
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
     if not isinstance(media_type, str) or not media_type:
-        _fail(ref, f"{what} descriptor has no mediaType")
+        _fail(ref, f"{item} descriptor has no mediaType")
     if not isinstance(digest, str):
-        _fail(ref, f"{what} descriptor has no digest")
+        _fail(ref, f"{item} descriptor has no digest")
     _split_digest(digest, ref)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        _fail(ref, f"{what} descriptor {digest} has invalid size {size!r}")
+        _fail(ref, f"{item} descriptor {digest} has invalid size {size!r}")
     return Descriptor(media_type=media_type, digest=digest, size=size)
 
 
@@ -809,7 +827,7 @@ def _split_digest(digest: str, ref: ImageReference) -> tuple[str, str]:
     return algorithm, encoded
 
 
-def _read_bounded(response: requests.Response, limit: int, what: str) -> bytes:
+def _read_bounded(response: requests.Response, limit: int, item: str) -> bytes:
     """Read a response body whole, but at most `limit` + 1 bytes, so callers can tell excess."""
     chunks: list[bytes] = []
     received = 0
@@ -821,19 +839,19 @@ def _read_bounded(response: requests.Response, limit: int, what: str) -> bytes:
                 break
     except requests.RequestException as err:
         raise RegistryError(
-            f"reading {what} from {response.url} failed: {_describe(err)}",
+            f"reading {item} from {response.url} failed: {_describe(err)}",
             hint="run the command again",
         ) from err
     return b"".join(chunks)[: limit + 1]
 
 
-def _parse_json(body: bytes, ref: ImageReference, what: str) -> dict[str, Any]:
+def _parse_json(body: bytes, ref: ImageReference, item: str) -> dict[str, Any]:
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RegistryError(f"image {ref}: {what} is not valid JSON: {err}") from err
+        raise RegistryError(f"image {ref}: {item} is not valid JSON: {err}") from err
     if not isinstance(document, dict):
-        _fail(ref, f"{what} is not a JSON object")
+        _fail(ref, f"{item} is not a JSON object")
     return document
 
 
@@ -841,7 +859,7 @@ def _check_status(
     response: requests.Response,
     ref: ImageReference,
     endpoint: _Endpoint,
-    what: str,
+    item: str,
     not_found: str,
 ) -> None:
     """Raise RegistryError for any status but 200; `not_found` is the message for 404."""
@@ -858,11 +876,11 @@ def _check_status(
         raise RegistryError(not_found, hint=hint)
     if status in (401, 403):
         raise RegistryError(
-            f"registry {endpoint.host} denied access to {what} (HTTP {status})",
+            f"registry {endpoint.host} denied access to {item} (HTTP {status})",
             hint="log in with docker login, or check ~/.docker/config.json",
         )
     raise RegistryError(
-        f"registry {endpoint.host} returned HTTP {status} for {what}"
+        f"registry {endpoint.host} returned HTTP {status} for {item}"
         f"{_registry_error_detail(response)}",
         hint="run the command again later, or check the registry's logs",
     )

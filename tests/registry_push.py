@@ -45,7 +45,7 @@ from installer.constants import (
 # The registry that scripts/services.sh starts; AIRLOCK_REGISTRY_PORT moves it.
 REGISTRY = f"127.0.0.1:{os.environ.get('AIRLOCK_REGISTRY_PORT', '5000')}"
 
-# Each PATCH of a chunked upload carries this many bytes unless told otherwise.
+# Each PATCH of a chunked upload carries this many bytes unless the caller passes chunk_size.
 DEFAULT_CHUNK_SIZE = 64 * 1024
 
 # Seconds to wait for the local registry on each request.
