@@ -132,15 +132,15 @@ def _parse_expression(template: str, start: int) -> tuple[_Variable, int]:
     if named:
         return _Variable(named.group(), "", (), ""), named.end()
     if not template.startswith("{", pos):
-        shown = template[start : start + 2]
-        raise _TemplateSyntaxError("a $ must start a variable name, ${...} or $$", shown)
+        expression_text = template[start : start + 2]
+        raise _TemplateSyntaxError("a $ must start a variable name, ${...} or $$", expression_text)
 
     pos += 1
     named = _NAME.match(template, pos)
     if not named:
         end = template.find("}", pos)
-        shown = template[start : end + 1] if end >= 0 else template[start:]
-        raise _TemplateSyntaxError("invalid variable name", shown)
+        expression_text = template[start : end + 1] if end >= 0 else template[start:]
+        raise _TemplateSyntaxError("invalid variable name", expression_text)
     name = named.group()
     pos = named.end()
 
@@ -149,11 +149,11 @@ def _parse_expression(template: str, start: int) -> tuple[_Variable, int]:
     operator = next((op for op in _OPERATORS if template.startswith(op, pos)), None)
     if operator is None:
         end = template.find("}", pos)
-        shown = template[start : end + 1] if end >= 0 else template[start:]
+        expression_text = template[start : end + 1] if end >= 0 else template[start:]
         reason = (
             "unterminated ${" if end < 0 else "expected }, :-, -, :?, ?, :+ or + after the name"
         )
-        raise _TemplateSyntaxError(reason, shown)
+        raise _TemplateSyntaxError(reason, expression_text)
 
     word_start = pos + len(operator)
     word, pos = _parse_sequence(template, word_start, in_word=True)
@@ -346,8 +346,8 @@ def interpolate_tree(data: Any, environ: Mapping[str, str], *, source: str) -> A
     """Return a copy of `data` with every string value interpolated (keys stay as they are).
 
     Every missing required variable in the whole tree is collected before one
-    InterpolationError lists them all, each as `VAR: message (source: key.path)`;
-    the error's `missing` attribute holds them as MissingVariable entries. A
+    InterpolationError lists them all, each as `VAR: message (source: key.path)`.
+    The error's `missing` attribute contains them as MissingVariable entries. A
     malformed expression raises at once, naming the key path.
     """
     evaluation = _Evaluation()
@@ -372,7 +372,7 @@ class VariableUse:
     has_default: bool
     # The default of `:-` or `-`, as written (it may itself contain variables).
     default: str | None
-    # Where the reference sits, e.g. "services.db.environment.PASSWORD".
+    # Key path of the reference, e.g. "services.db.environment.PASSWORD".
     key_path: str
     source: str
 
@@ -715,7 +715,7 @@ class PublishedPort:
 
 @dataclass(frozen=True)
 class Service:
-    """What airlock needs to know about one compose service."""
+    """The settings of one compose service that airlock acts on."""
 
     name: str
     image: str | None
@@ -753,16 +753,16 @@ class ComposeProject:
         ]
 
 
-def _parse_port_number(text: str, what: str) -> tuple[int, int]:
+def _parse_port_number(text: str, label: str) -> tuple[int, int]:
     """Parse `80` or `8000-8010` into an inclusive range."""
     start_text, dash, end_text = text.partition("-")
     try:
         start = int(start_text)
         end = int(end_text) if dash else start
     except ValueError:
-        raise ValueError(f"invalid {what} {text!r}") from None
+        raise ValueError(f"invalid {label} {text!r}") from None
     if not (0 < start <= end <= 65535):
-        raise ValueError(f"invalid {what} {text!r}")
+        raise ValueError(f"invalid {label} {text!r}")
     return start, end
 
 
@@ -1001,9 +1001,9 @@ class _Loader:
                 values.update(dotenv.parse(candidate.read_text(encoding="utf-8"), self.environ))
             except DotenvError as err:
                 raise ComposeError(f"{candidate}: {err}") from err
-        # TODO: Compose gives the included project's .env precedence over the
-        # including project's .env; here every value in `environ` wins, because
-        # the caller passes the shell and its .env already combined.
+        # TODO: give the included project's .env precedence over the including
+        # project's .env, as Compose does. Here every value in `environ` wins,
+        # because the caller passes the shell and its .env already combined.
         return project_environment(values, self.environ)
 
     def _add_included(

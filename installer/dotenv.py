@@ -11,7 +11,7 @@ The rules, as compose-go v2 implements them:
 - Single-quoted values are literal, may span lines, and `\\'` is a quote.
 - Double-quoted values may span lines; `\\n \\r \\t \\\\ \\"` and the other C
   escapes are expanded, and then the value is interpolated.
-- Interpolation sees earlier lines of the file first, then `environ`.
+- Interpolation looks up earlier lines of the file first, then `environ`.
 - A UTF-8 byte order mark at the start is skipped.
 
 `parse` returns the values. `DotenvFile` keeps the document so that the
@@ -329,7 +329,7 @@ class DotenvFile:
     Lines that are not changed come back from `to_text` exactly as they were
     read, with their comments, order and quoting, except that the text is
     written with LF line endings and without a byte order mark;
-    `normalised` tells whether that changed anything.
+    `normalised` reports whether that changed anything.
     """
 
     def __init__(self, text: str, *, had_bom: bool = False, had_crlf: bool = False) -> None:
@@ -394,7 +394,7 @@ class DotenvFile:
     def set(self, key: str, value: str) -> None:
         """Set `key` to `value`, quoted by `quote`.
 
-        An existing assignment is replaced where it stands, keeping its
+        An existing assignment is replaced on its own line, keeping its
         `export` prefix and anything after the value on its line. A new key is
         appended at the end, with `export ` only when every existing assignment
         has it.

@@ -167,7 +167,7 @@ services:
 
 
 def test_nested_default_resolves_image_tag(tmp_path: Path) -> None:
-    """A-01: the inner default applies, and a set inner variable wins."""
+    """the inner default applies, and a set inner variable wins."""
     compose_file = write(tmp_path, "compose.yml", A01_COMPOSE)
 
     plain = load_project([compose_file], {})
@@ -178,7 +178,7 @@ def test_nested_default_resolves_image_tag(tmp_path: Path) -> None:
 
 
 def test_nested_default_environment_from_dotenv(tmp_path: Path) -> None:
-    """A-01: no brace leaks into POSTGRES_DB, with or without POSTGRES_DB set."""
+    """no brace leaks into POSTGRES_DB, with or without POSTGRES_DB set."""
     compose_file = write(tmp_path, "compose.yml", A01_COMPOSE)
     both = dotenv.parse("POSTGRES_DB=test\nPOSTGRES_USER=test\n")
     user_only = dotenv.parse("POSTGRES_USER=test\n")
@@ -191,7 +191,7 @@ def test_nested_default_environment_from_dotenv(tmp_path: Path) -> None:
 
 
 def test_unterminated_expression_names_file_and_key(tmp_path: Path) -> None:
-    """A-01: a broken `${` is an error, never a partly substituted image."""
+    """a broken `${` is an error, never a partly substituted image."""
     compose_file = write(
         tmp_path, "compose.yml", "services:\n  db:\n    image: demo/db:${DB_TAG:-16\n"
     )
@@ -206,7 +206,7 @@ def test_unterminated_expression_names_file_and_key(tmp_path: Path) -> None:
 
 
 def test_crlf_dotenv_gives_clean_image(tmp_path: Path) -> None:
-    """A-05: the image read through a BOM and CRLF `.env` has no CR in it."""
+    """the image read through a BOM and CRLF `.env` has no CR in it."""
     compose_file = write(tmp_path, "compose.yml", "services:\n  app:\n    image: ${APP_IMAGE}\n")
     env_text = (
         b"\xef\xbb\xbfAPP_IMAGE=registry.example:5000/demo/app:1.0\r\n"
@@ -219,7 +219,7 @@ def test_crlf_dotenv_gives_clean_image(tmp_path: Path) -> None:
 
 
 def test_required_variables_listed_with_messages(tmp_path: Path) -> None:
-    """A-07: DB_USER is reported with its message; the set DB_PASS is not."""
+    """DB_USER is reported with its message; the set DB_PASS is not."""
     compose_file = write(
         tmp_path,
         "compose.yml",
@@ -241,8 +241,8 @@ def test_required_variables_listed_with_messages(tmp_path: Path) -> None:
     )
 
 
-def test_required_fails_on_empty_but_question_mark_accepts_it(tmp_path: Path) -> None:
-    """A-07: `${VAR:?}` rejects an empty value, `${VAR?}` only an unset one."""
+def test_required_forms_treat_empty_differently(tmp_path: Path) -> None:
+    """`${VAR:?}` rejects an empty value, `${VAR?}` only an unset one."""
     compose_file = write(
         tmp_path,
         "compose.yml",
@@ -257,7 +257,7 @@ def test_required_fails_on_empty_but_question_mark_accepts_it(tmp_path: Path) ->
 
 
 def test_pull_policy_and_platform_reported(tmp_path: Path) -> None:
-    """F-03: the bundler sees `pull_policy: always` and the requested platform."""
+    """The bundler gets `pull_policy: always` and the platform, so it can act on both."""
     compose_file = write(
         tmp_path,
         "compose.yml",

@@ -102,14 +102,14 @@ def test_environment_does_not_override_assignment() -> None:
 
 
 def test_export_prefix_stripped_but_exporter_kept() -> None:
-    """A-04: `export ` lines parse; a key that only starts with "export" stays."""
+    """`export ` lines parse; a key that only starts with "export" stays."""
     text = "export COMPOSE_PROJECT_NAME=demo\nexport  APP_TAG=1.4.2\nexporter=prom\n"
 
     assert parse(text) == {"COMPOSE_PROJECT_NAME": "demo", "APP_TAG": "1.4.2", "exporter": "prom"}
 
 
 def test_crlf_and_bom_do_not_leak_into_values() -> None:
-    """A-05: the BOM is skipped and a trailing CR is trimmed."""
+    """the BOM is skipped and a trailing CR is trimmed."""
     raw = (
         b"\xef\xbb\xbfAPP_IMAGE=registry.example:5000/demo/app:1.0\r\n"
         b'DB_PASSWORD="s3cret"\r\n'
@@ -126,7 +126,7 @@ def test_crlf_and_bom_do_not_leak_into_values() -> None:
 
 
 def test_dollar_in_secret_follows_quoting(caplog: pytest.LogCaptureFixture) -> None:
-    """A-03: double quotes interpolate, single quotes do not, `$$` is one `$`."""
+    """double quotes interpolate, single quotes do not, `$$` is one `$`."""
     text = "P1=\"abc$def\"\nP2='abc$def'\nP3=pa$$word\nP4='$2a$08$Qx.example.hash'\n"
 
     with caplog.at_level(logging.WARNING, logger="installer.compose"):
@@ -144,7 +144,7 @@ def test_dollar_in_secret_follows_quoting(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_backslash_before_closing_single_quote_is_unterminated() -> None:
-    """A-03: `\\'` is an escaped quote, so the value never ends; the opening line is named."""
+    """`\\'` is an escaped quote, so the value never ends; the opening line is named."""
     text = "A=1\nP5='ends-with-backslash\\'\nB=2\nC=3\n"
 
     with pytest.raises(DotenvError) as caught:
@@ -278,7 +278,7 @@ def test_untouched_document_round_trips_byte_for_byte() -> None:
 
 
 def test_merge_keeps_operator_values_and_adds_new_keys() -> None:
-    """F-04: existing secrets and extra keys survive; only new keys are added."""
+    """existing secrets and extra keys survive; only new keys are added."""
     document = DotenvFile.from_text(LIVE_ENV)
     template = {"APP_SECRET": "__generate__", "ENCRYPTION_SALT": "__generate__", "NEW_LIMIT": "100"}
 
@@ -298,7 +298,7 @@ def test_merge_keeps_operator_values_and_adds_new_keys() -> None:
 
 
 def test_set_replaces_in_place_and_keeps_comment() -> None:
-    """F-04: a managed key changes on its own line; every other line is unchanged."""
+    """a managed key changes on its own line; every other line is unchanged."""
     document = DotenvFile.from_text("A=1\nAPP_TAG=1.0.0  # managed\nB=2\n")
 
     document.set("APP_TAG", "2.0.0")
@@ -333,7 +333,7 @@ def test_set_quotes_secret_with_dollar() -> None:
 
 
 def test_set_keeps_export_prefix_of_existing_line() -> None:
-    """A-04: the `export` prefix and its spacing stay on a changed line."""
+    """the `export` prefix and its spacing stay on a changed line."""
     document = DotenvFile.from_text("export  APP_TAG=1.4.2\nexporter=prom\n")
 
     document.set("APP_TAG", "1.5.0")
@@ -341,7 +341,7 @@ def test_set_keeps_export_prefix_of_existing_line() -> None:
     assert document.to_text() == "export  APP_TAG=1.5.0\nexporter=prom\n"
 
 
-def test_new_key_gets_export_when_every_line_has_it() -> None:
+def test_new_key_copies_uniform_export() -> None:
     document = DotenvFile.from_text("export A=1\nexport B=2\n")
 
     document.set("C", "3")
@@ -350,7 +350,7 @@ def test_new_key_gets_export_when_every_line_has_it() -> None:
 
 
 def test_new_key_without_export_when_file_mixes() -> None:
-    """A-04: `exporter=prom` has no prefix, so new keys get none."""
+    """`exporter=prom` has no prefix, so new keys get none."""
     document = DotenvFile.from_text("export COMPOSE_PROJECT_NAME=demo\nexporter=prom\n")
 
     document.set("NEW", "x")
@@ -380,7 +380,7 @@ def test_set_rejects_invalid_key() -> None:
 
 
 def test_crlf_and_bom_normalised_and_reported() -> None:
-    """A-05: rewriting writes LF endings and no BOM, and says so."""
+    """Rewriting writes LF endings and no BOM, and reports that it normalised them."""
     text = (
         '\ufeffAPP_IMAGE=registry.example:5000/demo/app:1.0\r\nDB_PASSWORD="s3cret"\r\nEMPTY=\r\n'
     )

@@ -173,7 +173,7 @@ def test_required_inside_unused_default_still_fails() -> None:
 
 
 def test_several_required_in_one_string_all_listed() -> None:
-    """A-07: with DB_PASS set and DB_USER missing, only DB_USER is reported."""
+    """with DB_PASS set and DB_USER missing, only DB_USER is reported."""
     template = "_${DB_USER:?user missing}_${DB_PASS:?pass missing}_${DB_HOST:?host missing}"
     with pytest.raises(MissingVariablesError) as caught:
         interpolate(template, {"DB_PASS": "x"}, source="compose.yml: services.app.environment.DSN")
@@ -223,7 +223,7 @@ def test_tree_leaves_non_strings_alone() -> None:
 
 
 def test_tree_collects_every_missing_variable() -> None:
-    """A-07: every missing required variable of the file, with its key path."""
+    """every missing required variable of the file, with its key path."""
     data = {
         "services": {
             "app": {
