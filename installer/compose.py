@@ -623,6 +623,8 @@ def _unique(items: Sequence[Any]) -> list[Any]:
 
 def _merge_values(base: Any, override: Any, path: tuple[str, ...]) -> Any:
     """Merge `override` onto `base`, where `path` is the key path of both."""
+    if isinstance(base, _Override):
+        base = base.value
     if isinstance(override, _Override):
         return override.value
     if override is _RESET:
@@ -864,6 +866,18 @@ def _build_service(name: str, data: Any, files_text: str) -> Service:
         )
     if image is None:
         raise ComposeError(f"{files_text}: service {name} has no `image:`")
+    if not image:
+        raise ComposeError(
+            f"{files_text}: the image of service {name} is empty after interpolation",
+            hint="set the variables its `image:` uses",
+        )
+    if any(char.isspace() or not char.isprintable() for char in image):
+        # A CR from a Windows-edited .env would otherwise reach the registry.
+        raise ComposeError(
+            f"{files_text}: the image of service {name} contains whitespace or a control "
+            f"character: {image!r}",
+            hint="check the line endings and quoting of the .env file",
+        )
 
     profiles = data.get("profiles") or []
     if not isinstance(profiles, list):

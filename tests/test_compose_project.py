@@ -218,6 +218,26 @@ def test_crlf_dotenv_gives_clean_image(tmp_path: Path) -> None:
     assert project.services["app"].image == "registry.example:5000/demo/app:1.0"
 
 
+def test_control_character_in_image_rejected(tmp_path: Path) -> None:
+    """A CR that reaches an image reference is an error, not a silently broken reference."""
+    compose_file = write(tmp_path, "compose.yml", "services:\n  app:\n    image: ${APP_IMAGE}\n")
+
+    with pytest.raises(ComposeError) as caught:
+        load_project([compose_file], {"APP_IMAGE": "demo/app:local\r"})
+
+    assert str(caught.value) == (
+        f"{compose_file}: the image of service app contains whitespace or a control "
+        "character: 'demo/app:local\\r'; check the line endings and quoting of the .env file"
+    )
+
+
+def test_empty_image_after_interpolation_rejected(tmp_path: Path) -> None:
+    compose_file = write(tmp_path, "compose.yml", "services:\n  app:\n    image: ${APP_IMAGE}\n")
+
+    with pytest.raises(ComposeError, match="the image of service app is empty after interpolation"):
+        load_project([compose_file], {})
+
+
 def test_required_variables_listed_with_messages(tmp_path: Path) -> None:
     """DB_USER is reported with its message; the set DB_PASS is not."""
     compose_file = write(
@@ -393,6 +413,19 @@ def test_override_tag_replaces_list(tmp_path: Path) -> None:
     app = load_project([base, override], {}).services["app"]
 
     assert app.published_ports == (PublishedPort("", 81, 81),)
+
+
+def test_override_tag_in_first_file_still_merges(tmp_path: Path) -> None:
+    base = write(
+        tmp_path,
+        "compose.yml",
+        "services:\n  app:\n    image: a:1\n    ports: !override ['80:80']\n",
+    )
+    override = write(tmp_path, "override.yml", "services:\n  app:\n    ports: ['81:81']\n")
+
+    app = load_project([base, override], {}).services["app"]
+
+    assert app.published_ports == (PublishedPort("", 80, 80), PublishedPort("", 81, 81))
 
 
 def test_missing_variables_collected_across_files(tmp_path: Path) -> None:
