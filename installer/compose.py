@@ -92,6 +92,10 @@ def _parse_sequence(template: str, pos: int, *, in_word: bool) -> tuple[list[_No
 
     Inside a word, literal braces must balance, as compose-go counts every `{`
     when it looks for the brace that closes `${`.
+
+    NOTE: compose-go accepts an unbalanced `{` in a word (`${A:-{b}` gives
+    `{b`) because its pattern then falls back to the last `}` on the line.
+    Here that is an "unterminated ${" error.
     """
     nodes: list[_Node] = []
     literal: list[str] = []
