@@ -9,8 +9,9 @@ because oras-py 0.2.43 parses references differently from Docker, retries
 for about two minutes against a dead registry, and checks no digests.
 
 Every digest is computed over the exact bytes the registry sent, never over
-re-serialised JSON, and is checked against the `Docker-Content-Digest`
-header, a digest pinned in the reference and the parent descriptor.
+re-serialised JSON, and is checked against each of these that is present:
+the `Docker-Content-Digest` header, a digest pinned in the reference, and
+the descriptor of the parent index or manifest.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ import requests
 from installer.constants import (
     DOCKER_HUB,
     DOCKER_HUB_API,
+    IMAGE_MANIFEST_MEDIA_TYPES,
     INDEX_MEDIA_TYPES,
     MANIFEST_ACCEPT,
+    OCI_INDEX,
+    OCI_MANIFEST,
 )
 from installer.errors import (
     EXIT_USAGE,
@@ -61,8 +65,8 @@ logger = logging.getLogger(__name__)
 # support manifest pushes of at least 4 megabytes". Manifests are read whole
 # into memory, so larger ones are rejected.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-# Image configs are read whole into memory too. Real ones are a few kilobytes;
-# this bound is airlock's guard, not a number from a specification.
+# Image configs are read whole into memory too. Real configs are a few
+# kilobytes, and this bound is airlock's guard, not a number from a specification.
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 # Blobs stream through memory in pieces of this size.
 CHUNK_SIZE = 1024 * 1024
@@ -79,19 +83,16 @@ _SCHEMA1_MEDIA_TYPES = frozenset(
         "application/vnd.docker.distribution.manifest.v1+prettyjws",
     }
 )
-_IMAGE_MANIFEST_MEDIA_TYPES = frozenset(
-    {
-        "application/vnd.oci.image.manifest.v1+json",
-        "application/vnd.docker.distribution.manifest.v2+json",
-    }
-)
 _SUPPORTED_DIGEST_ALGORITHMS = frozenset({"sha256", "sha384", "sha512"})
 
-# oras-py wraps `Registry.do_request` in a retry decorator with fixed
+# oras-py 0.2.43 wraps `Registry.do_request` in a retry decorator with fixed
 # attempts (5) and waits (2 + 3**n seconds). `functools.wraps` keeps the
 # undecorated function as `__wrapped__`, so airlock's own retry policy
-# replaces oras-py's while its authentication handling stays.
-_ORAS_DO_REQUEST: Callable[..., requests.Response] = oras.provider.Registry.do_request.__wrapped__  # type: ignore[attr-defined]
+# replaces oras-py's while its authentication handling stays. A release
+# without the decorator has no `__wrapped__`, and then the method is used as is.
+_ORAS_DO_REQUEST: Callable[..., requests.Response] = getattr(
+    oras.provider.Registry.do_request, "__wrapped__", oras.provider.Registry.do_request
+)
 
 
 class RegistryUsageError(RegistryError, UsageError):
@@ -284,7 +285,7 @@ class RegistryClient:
             body, media_type, digest = self._fetch_manifest(
                 endpoint, ref, entry.digest, expected_size=entry.size
             )
-            if media_type not in _IMAGE_MANIFEST_MEDIA_TYPES:
+            if media_type not in IMAGE_MANIFEST_MEDIA_TYPES:
                 _fail(ref, f"index entry {entry.digest} for {chosen} is {media_type}, not an image")
         else:
             chosen = requested
@@ -358,7 +359,7 @@ class RegistryClient:
         `progress` is called with the byte count of each chunk written.
         Raises DigestMismatchError when the bytes differ from `descriptor`,
         and RegistryError when the registry fails. After an error `out`
-        holds partial or wrong bytes, which the caller must discard.
+        contains partial or wrong bytes, which the caller must discard.
         """
         endpoint = self._endpoint_for_source(image.source)
         algorithm, expected_hex = _split_digest(descriptor.digest, image.reference)
@@ -729,7 +730,7 @@ def _select_platform(
 
     available: list[str] = []
     for entry in entries:
-        if not isinstance(entry, dict) or entry.get("mediaType") not in _IMAGE_MANIFEST_MEDIA_TYPES:
+        if not isinstance(entry, dict) or entry.get("mediaType") not in IMAGE_MANIFEST_MEDIA_TYPES:
             continue
         raw = entry.get("platform")
         if not isinstance(raw, dict):
@@ -789,11 +790,11 @@ def _manifest_media_type(body: bytes, content_type: str, ref: ImageReference, it
     if document.get("schemaVersion") != 2:
         _fail(ref, f"{item} has schemaVersion {document.get('schemaVersion')!r}, expected 2")
     # OCI image-spec makes `mediaType` optional in manifests and indexes.
-    if media_type not in INDEX_MEDIA_TYPES and media_type not in _IMAGE_MANIFEST_MEDIA_TYPES:
+    if media_type not in INDEX_MEDIA_TYPES and media_type not in IMAGE_MANIFEST_MEDIA_TYPES:
         if "manifests" in document:
-            media_type = "application/vnd.oci.image.index.v1+json"
+            media_type = OCI_INDEX
         elif "config" in document and "layers" in document:
-            media_type = "application/vnd.oci.image.manifest.v1+json"
+            media_type = OCI_MANIFEST
         else:
             _fail(ref, f"{item} has the unsupported media type {media_type!r}")
     return str(media_type)

@@ -65,7 +65,7 @@ def require_registry(registry: str = REGISTRY) -> str:
         reason = f"{url} returned HTTP {response.status_code}"
     except requests.RequestException as err:
         responding = False
-        reason = f"{url} is unreachable: {err}"
+        reason = f"{url} is unreachable: {type(err).__name__}"
     if responding:
         return registry
 

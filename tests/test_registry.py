@@ -46,7 +46,6 @@ from installer.constants import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_CONFIG,
-    OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_MANIFEST,
 )
@@ -539,7 +538,7 @@ class FakeResponse:
 
 @dataclass
 class FakeRegistry:
-    """Routes `/v2/...` paths to queued responses; the last one repeats."""
+    """Scripted registry: queued responses by request path, the last of which repeats."""
 
     host: str
     routes: dict[str, list[FakeResponse]] = field(default_factory=dict)
@@ -725,7 +724,7 @@ def test_resolve_without_digest_header(fake: FakeRegistry) -> None:
     assert image.manifest_digest == sha256_digest(manifest)
 
 
-def test_resolve_infers_media_type_of_oci_index(fake: FakeRegistry) -> None:
+def test_resolve_infers_missing_media_types(fake: FakeRegistry) -> None:
     manifest, blobs, _ = fake_image(oci=True)
     child = json.loads(manifest)
     del child["mediaType"]
@@ -743,10 +742,11 @@ def test_resolve_infers_media_type_of_oci_index(fake: FakeRegistry) -> None:
             ],
         }
     ).encode()
-    fake.add("/v2/app/manifests/1", FakeResponse(200, index, {"Content-Type": OCI_INDEX}))
+    # Neither document has a mediaType field, and the Content-Type is generic.
+    generic = {"Content-Type": "application/json"}
+    fake.add("/v2/app/manifests/1", FakeResponse(200, index, generic))
     fake.add(
-        f"/v2/app/manifests/{sha256_digest(child_bytes)}",
-        FakeResponse(200, child_bytes, {"Content-Type": OCI_MANIFEST}),
+        f"/v2/app/manifests/{sha256_digest(child_bytes)}", FakeResponse(200, child_bytes, generic)
     )
     for blob in blobs:
         fake.add(f"/v2/app/blobs/{sha256_digest(blob)}", FakeResponse(200, blob))
