@@ -46,6 +46,10 @@ STDERR_TAIL_LINES = 20
 LOG_TAIL_LINES = 20
 # A container restarted this many times counts as crash-looping.
 MAX_RESTARTS = 3
+# A container without a healthcheck counts as ready once it has been seen
+# running this many seconds without a restart. A single "running" sample
+# would pass a crash-looping container caught between two restarts.
+MIN_RUNNING_SECONDS = 3.0
 
 _VERSION = re.compile(r"v?(\d+\.\d+\.\d+[^\s,]*)")
 
@@ -316,6 +320,8 @@ class ServiceStatus:
     container_id: str = ""
     restart_count: int = 0
     restart_policy: str = ""
+    # The limit of an "on-failure:N" restart policy, 0 when unlimited.
+    max_retries: int = 0
     # Output of the most recent health check, to explain an unhealthy verdict.
     health_output: str | None = None
 
@@ -351,7 +357,7 @@ def _status_from_inspect(service: str, attrs: dict[str, Any]) -> ServiceStatus:
     health = state.get("Health") or {}
     health_log = health.get("Log") or []
     health_output = str(health_log[-1].get("Output", "")).strip() if health_log else None
-    restart_policy = ((attrs.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name", "")
+    restart_policy = (attrs.get("HostConfig") or {}).get("RestartPolicy") or {}
     stopped = status in ("exited", "dead")
     return ServiceStatus(
         service=service,
@@ -362,7 +368,8 @@ def _status_from_inspect(service: str, attrs: dict[str, Any]) -> ServiceStatus:
         exit_code=int(state.get("ExitCode", 0)) if stopped else None,
         container_id=str(attrs.get("Id", "")),
         restart_count=int(attrs.get("RestartCount", 0)),
-        restart_policy=str(restart_policy or ""),
+        restart_policy=str(restart_policy.get("Name") or ""),
+        max_retries=int(restart_policy.get("MaximumRetryCount") or 0),
         health_output=health_output,
     )
 
@@ -376,7 +383,10 @@ def wait_healthy(
     poll: float = 2,
     progress: ProgressReporter | None = None,
 ) -> list[ServiceStatus]:
-    """Wait until each service's containers run and pass their healthcheck, if they have one.
+    """Wait until each service's containers are running and healthy.
+
+    A container without a healthcheck counts as healthy once it has been
+    running `MIN_RUNNING_SECONDS` without a restart.
 
     Fails early, without waiting for the timeout, when a container exited
     and will not be restarted, died, restarted `MAX_RESTARTS` times, or is
@@ -391,6 +401,8 @@ def wait_healthy(
     reporter = progress if progress is not None else NullProgress()
     deadline = time.monotonic() + timeout
     ready: set[str] = set()
+    # Container id -> (restart count, monotonic time) when first seen running.
+    first_running: dict[str, tuple[int, float]] = {}
 
     reporter.start(
         f"Waiting for {len(expected_services)} services", len(expected_services), "services"
@@ -398,6 +410,7 @@ def wait_healthy(
     try:
         while True:
             statuses = service_status(client, project_name)
+            now = time.monotonic()
             by_service: dict[str, list[ServiceStatus]] = {name: [] for name in expected_services}
             for status in statuses:
                 if status.service in by_service:
@@ -406,7 +419,7 @@ def wait_healthy(
             failed: dict[str, str] = {}
             pending: dict[str, str] = {}
             for name, containers in by_service.items():
-                verdict, reason = _judge(containers)
+                verdict, reason = _judge(containers, first_running, now)
                 if verdict == "failed":
                     failed[name] = reason
                 elif verdict == "pending":
@@ -420,7 +433,7 @@ def wait_healthy(
                 raise _health_error(client, f"{len(failed)} service(s) failed", failed, by_service)
             if not pending:
                 return [status for status in statuses if status.service in by_service]
-            remaining = deadline - time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 raise _health_error(
                     client,
@@ -434,8 +447,14 @@ def wait_healthy(
         reporter.finish()
 
 
-def _judge(containers: list[ServiceStatus]) -> tuple[str, str]:
-    """Classify a service as "ready", "pending" or "failed", with the reason."""
+def _judge(
+    containers: list[ServiceStatus], first_running: dict[str, tuple[int, float]], now: float
+) -> tuple[str, str]:
+    """Classify a service as "ready", "pending" or "failed", with the reason.
+
+    `first_running` records when each container was first seen running, and
+    this call updates it.
+    """
     if not containers:
         return "pending", "no container"
 
@@ -444,7 +463,18 @@ def _judge(containers: list[ServiceStatus]) -> tuple[str, str]:
         failure = _failure(container)
         if failure is not None:
             return "failed", failure
-        if container.state == "running" and container.health in (None, "healthy"):
+        if container.state == "running" and container.health == "healthy":
+            continue
+        if container.state == "running" and container.health is None:
+            # NOTE: a container that crashes only after MIN_RUNNING_SECONDS
+            # still counts as ready; only a healthcheck can tell.
+            seen = first_running.get(container.container_id)
+            if seen is None or seen[0] != container.restart_count:
+                seen = (container.restart_count, now)
+                first_running[container.container_id] = seen
+            if now - seen[1] >= MIN_RUNNING_SECONDS:
+                continue
+            pending_reasons.append(f"running for less than {MIN_RUNNING_SECONDS:g} s")
             continue
         reason = container.state
         if container.health is not None:
@@ -462,9 +492,11 @@ def _failure(container: ServiceStatus) -> str | None:
         return "dead"
     if container.state == "exited":
         # Docker restarts an exited container under "always" and
-        # "unless-stopped", and under "on-failure" after a non-zero exit.
+        # "unless-stopped", and under "on-failure" after a non-zero exit
+        # until the policy's retry limit.
+        retries_left = container.max_retries == 0 or container.restart_count < container.max_retries
         restarts = container.restart_policy in ("always", "unless-stopped") or (
-            container.restart_policy == "on-failure" and container.exit_code != 0
+            container.restart_policy == "on-failure" and container.exit_code != 0 and retries_left
         )
         if not restarts:
             return f"exited with code {container.exit_code}"
@@ -502,5 +534,5 @@ def _log_tail(client: docker.DockerClient, container_id: str) -> list[str]:
     except docker.errors.APIError as err:
         return [f"(logs not available: {err.explanation or err})"]
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    kept = text.splitlines()[-LOG_TAIL_LINES:]
-    return kept or ["(no output)"]
+    last_lines = text.splitlines()[-LOG_TAIL_LINES:]
+    return last_lines or ["(no output)"]

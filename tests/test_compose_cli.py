@@ -463,6 +463,31 @@ services:
 
 
 @pytest.mark.docker
+def test_exhausted_retry_limit_fails_early(
+    compose: ComposeCommand, docker_client: docker.DockerClient, make_project: ProjectFactory
+) -> None:
+    project_dir, files, name = make_project(
+        """\
+services:
+  retrier:
+    image: IMAGE
+    restart: "on-failure:1"
+    command: ["sh", "-c", "echo giving-up; exit 1"]
+"""
+    )
+    compose.up(project_dir, files, name)
+
+    started = time.monotonic()
+    with pytest.raises(HealthCheckError) as caught:
+        wait_healthy(docker_client, name, ["retrier"], timeout=60, poll=0.5)
+
+    assert time.monotonic() - started < 30
+    assert caught.value.message.splitlines()[0] == (
+        "1 service(s) failed: retrier (exited with code 1)"
+    )
+
+
+@pytest.mark.docker
 def test_slow_healthcheck_times_out(
     compose: ComposeCommand, docker_client: docker.DockerClient, make_project: ProjectFactory
 ) -> None:
