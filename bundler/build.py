@@ -104,7 +104,7 @@ def operator_variables(spec: BundleSpec) -> tuple[list[str], dict[str, str]]:
         for use in compose.variable_uses(document, source=path.name):
             if use.name in provided or not use.required:
                 continue
-            if ".image" in f".{use.key_path}" and use.key_path.endswith("image"):
+            if use.key_path.endswith(".image"):
                 continue
             missing.setdefault(use.name, use.message or "")
     names = sorted(missing)
@@ -228,6 +228,7 @@ def build(
     client = client or RegistryClient(options.mirrors)
     resolved = resolve_images(client, uses, platform)
 
+    options.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="airlock-build-", dir=options.output.parent) as tmp:
         root = Path(tmp)
         compose_paths = _stage_compose(spec, root)
@@ -278,10 +279,9 @@ def build(
         )
         manifest_bytes = manifest.to_bytes()
         signatures = dict(sign(key, manifest_bytes) for key in keys)
-        options.output.parent.mkdir(parents=True, exist_ok=True)
         write_archive(options.output, manifest_bytes, signatures, root, members, mtime=epoch)
 
-    logger.info("wrote %s (%d images, %d members)", options.output, len(records), len(members))
+    logger.debug("wrote %s (%d images, %d members)", options.output, len(records), len(members))
     return BuildResult(options.output, manifest, tuple(required), options.output.stat().st_size)
 
 

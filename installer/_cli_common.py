@@ -52,6 +52,13 @@ def report_errors(func: F) -> F:
             if err.hint:
                 click.echo(f"hint: {err.hint}", err=True)
             sys.exit(err.exit_code)
+        except OSError as err:
+            # A file or device failed outside any check airlock makes itself:
+            # name the path, keep the traceback for -v.
+            logging.getLogger(__name__).debug("failed", exc_info=True)
+            where = f" {err.filename}" if err.filename else ""
+            click.echo(f"error:{where}: {err.strerror or err}", err=True)
+            sys.exit(EXIT_FAILURE)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(EXIT_FAILURE)
