@@ -55,7 +55,9 @@ def write_archive(
     partial = output.with_name(output.name + ".partial")
     with partial.open("wb") as raw:
         with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            tar.addfile(_header(MANIFEST_PATH, len(manifest_bytes), mtime), io.BytesIO(manifest_bytes))
+            tar.addfile(
+                _header(MANIFEST_PATH, len(manifest_bytes), mtime), io.BytesIO(manifest_bytes)
+            )
             for signer, signature in sorted(signatures.items()):
                 name = f"{SIGNATURES_DIR}{signer}{SIGNATURE_SUFFIX}"
                 tar.addfile(_header(name, len(signature), mtime), io.BytesIO(signature))

@@ -22,8 +22,8 @@ from bundler.spec import BundleSpec, load_spec
 from installer import compose, reference
 from installer.constants import COMPOSE_DIR
 from installer.errors import ComposeError, InterpolationError, RegistryError, SpecError
-from installer.manifest import ImageRecord, Manifest, Member
 from installer.manifest import Descriptor as ManifestDescriptor
+from installer.manifest import ImageRecord, Manifest, Member
 from installer.progress import NullProgress, ProgressReporter
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,9 @@ def collect_images(spec: BundleSpec, environ: Mapping[str, str]) -> list[_ImageU
     by_reference: dict[str, tuple[reference.ImageReference, str, list[str]]] = {}
     for service in project.active_services():
         if service.image is None:
-            raise ComposeError(f"service {service.name} has no image; a bundle can carry only images")
+            raise ComposeError(
+                f"service {service.name} has no image; a bundle can carry only images"
+            )
         parsed = reference.parse(service.image)
         entry = by_reference.setdefault(str(parsed), (parsed, service.image, []))
         entry[2].append(service.name)
@@ -171,7 +173,8 @@ def resolve_images(
             failures.append(str(err))
     if failures:
         raise RegistryError(
-            f"{len(failures)} of {len(uses)} images could not be resolved:\n  " + "\n  ".join(failures)
+            f"{len(failures)} of {len(uses)} images could not be resolved:\n  "
+            + "\n  ".join(failures)
         )
     return resolved
 
@@ -232,13 +235,18 @@ def build(
     with tempfile.TemporaryDirectory(prefix="airlock-build-", dir=options.output.parent) as tmp:
         root = Path(tmp)
         compose_paths = _stage_compose(spec, root)
-        stored = [StoredImage(image, load_tag(use.reference)) for use, image in zip(uses, resolved, strict=True)]
+        stored = [
+            StoredImage(image, load_tag(use.reference))
+            for use, image in zip(uses, resolved, strict=True)
+        ]
         summary: StoreSummary = write_store(root, stored, client, progress=progress)
 
         payload_paths = sorted(
             str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
         )
-        members: list[Member] = [file_member(root, path, _media_type(path)) for path in payload_paths]
+        members: list[Member] = [
+            file_member(root, path, _media_type(path)) for path in payload_paths
+        ]
 
         records = [
             ImageRecord(
@@ -247,10 +255,13 @@ def build(
                 index_digest=image.index_digest,
                 manifest_digest=image.manifest_digest,
                 manifest_media_type=image.manifest_media_type,
-                config=ManifestDescriptor(image.config.media_type, image.config.digest, image.config.size),
+                config=ManifestDescriptor(
+                    image.config.media_type, image.config.digest, image.config.size
+                ),
                 platform=image.platform,
                 layers=tuple(
-                    ManifestDescriptor(layer.media_type, layer.digest, layer.size) for layer in image.layers
+                    ManifestDescriptor(layer.media_type, layer.digest, layer.size)
+                    for layer in image.layers
                 ),
                 load_tag=item.load_tag,
                 services=use.services,

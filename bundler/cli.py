@@ -27,8 +27,15 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 @main.command(epilog=EXIT_CODES_HELP)
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for the key pair.")
-@click.option("--name", default="signing", show_default=True, help="File name stem of the key pair.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for the key pair.",
+)
+@click.option(
+    "--name", default="signing", show_default=True, help="File name stem of the key pair."
+)
 @report_errors
 def keygen(out: Path, name: str) -> None:
     """Create an Ed25519 key pair: OUT/NAME.key (0600) and OUT/NAME.pub."""
@@ -40,10 +47,30 @@ def keygen(out: Path, name: str) -> None:
 
 @main.command("build", epilog=EXIT_CODES_HELP)
 @click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--key", "keys", required=True, multiple=True, type=click.Path(path_type=Path, dir_okay=False), help="Ed25519 private key (PEM) to sign with. Repeatable.")
-@click.option("--output", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Bundle file to write.")
-@click.option("--mirror", "mirrors", multiple=True, metavar="SOURCE=TARGET", help="Pull images of registry SOURCE from TARGET instead, e.g. docker.io=127.0.0.1:5000. Repeatable.")
-@click.option("--platform", help="Target platform os/arch[/variant]; default: the spec's, else linux/amd64.")
+@click.option(
+    "--key",
+    "keys",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ed25519 private key (PEM) to sign with. Repeatable.",
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Bundle file to write.",
+)
+@click.option(
+    "--mirror",
+    "mirrors",
+    multiple=True,
+    metavar="SOURCE=TARGET",
+    help="Pull images of registry SOURCE from TARGET instead, e.g. docker.io=127.0.0.1:5000. Repeatable.",
+)
+@click.option(
+    "--platform", help="Target platform os/arch[/variant]; default: the spec's, else linux/amd64."
+)
 @report_errors
 def build_command(
     spec: Path, keys: tuple[Path, ...], output: Path, mirrors: tuple[str, ...], platform: str | None

@@ -102,8 +102,12 @@ def write_store(
     for stored in images:
         image = stored.image
         check_loadable(image)
-        _write_bytes(store / blob_path(image.manifest_digest), image.manifest_bytes, image.manifest_digest)
-        _write_bytes(store / blob_path(image.config.digest), image.config_bytes, image.config.digest)
+        _write_bytes(
+            store / blob_path(image.manifest_digest), image.manifest_bytes, image.manifest_digest
+        )
+        _write_bytes(
+            store / blob_path(image.config.digest), image.config_bytes, image.config.digest
+        )
         for layer in image.layers:
             layer_bytes += layer.size
             if layer.digest not in pending:
@@ -166,7 +170,9 @@ def _write_indexes(store: Path, images: Sequence[StoredImage]) -> None:
             }
         )
 
-    (store / OCI_LAYOUT_FILE).write_bytes(canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+    (store / OCI_LAYOUT_FILE).write_bytes(
+        canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION})
+    )
     (store / OCI_INDEX_FILE).write_bytes(
         canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index_entries})
     )

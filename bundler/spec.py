@@ -73,7 +73,9 @@ def load_spec(path: Path) -> BundleSpec:
     compose_files = tuple((folder / name) for name in compose["files"])
     for compose_file in compose_files:
         if not compose_file.is_file():
-            raise SpecError(f"bundle spec {path} names compose file {compose_file}, which does not exist")
+            raise SpecError(
+                f"bundle spec {path} names compose file {compose_file}, which does not exist"
+            )
 
     env = data.get("env", {})
     generate = []
@@ -81,7 +83,9 @@ def load_spec(path: Path) -> BundleSpec:
         if isinstance(item, str):
             generate.append(GeneratedSecret(item, DEFAULT_SECRET_LENGTH))
         else:
-            generate.append(GeneratedSecret(item["name"], item.get("length", DEFAULT_SECRET_LENGTH)))
+            generate.append(
+                GeneratedSecret(item["name"], item.get("length", DEFAULT_SECRET_LENGTH))
+            )
     env_set = {key: _as_env_string(value) for key, value in env.get("set", {}).items()}
     overlap = sorted(set(env_set) & {secret.name for secret in generate})
     if overlap:

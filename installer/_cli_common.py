@@ -27,7 +27,9 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     """Send log records to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s" if verbose else "%(message)s"))
+    handler.setFormatter(
+        logging.Formatter("%(levelname)s %(message)s" if verbose else "%(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

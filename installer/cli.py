@@ -12,8 +12,8 @@ from installer import __version__, engine
 from installer._cli_common import EXIT_CODES_HELP, configure_logging, report_errors
 from installer.archive import verify_file
 from installer.compose_cli import service_status
-from installer.install import DEFAULT_HEALTH_TIMEOUT, InstallOptions, InstallResult, install
 from installer.inspect import describe_bundle, format_description
+from installer.install import DEFAULT_HEALTH_TIMEOUT, InstallOptions, InstallResult, install
 from installer.progress import make_reporter
 from installer.signing import load_trusted_keys
 from installer.state import load_state
@@ -35,8 +35,12 @@ def _trusted(keys: tuple[Path, ...], trust: tuple[Path, ...]) -> tuple[Any, ...]
     return tuple(load_trusted_keys(keys, trust))
 
 
-key_option = click.option("--key", "keys", type=click.Path(path_type=Path), multiple=True, help=KEY_HELP)
-trust_option = click.option("--trust", type=click.Path(path_type=Path), multiple=True, help=TRUST_HELP)
+key_option = click.option(
+    "--key", "keys", type=click.Path(path_type=Path), multiple=True, help=KEY_HELP
+)
+trust_option = click.option(
+    "--trust", type=click.Path(path_type=Path), multiple=True, help=TRUST_HELP
+)
 bundle_argument = click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
 
 
@@ -97,11 +101,24 @@ def _print_install(result: InstallResult) -> None:
 
 @main.command("install", epilog=EXIT_CODES_HELP)
 @bundle_argument
-@click.option("--target", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder the application lives in.")
+@click.option(
+    "--target",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder the application lives in.",
+)
 @key_option
 @trust_option
-@click.option("--timeout", type=float, default=DEFAULT_HEALTH_TIMEOUT, show_default=True, help="Seconds to wait for services to become healthy.")
-@click.option("--allow-downgrade", is_flag=True, help="Install a bundle older than the one installed.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_HEALTH_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for services to become healthy.",
+)
+@click.option(
+    "--allow-downgrade", is_flag=True, help="Install a bundle older than the one installed."
+)
 @click.option("--dry-run", is_flag=True, help="Verify and check, but change nothing.")
 @report_errors
 def install_command(
@@ -144,12 +161,16 @@ def status(target: Path, as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
         return
     current = state.current
-    click.echo(f"{state.name} {current.version} (sequence {current.sequence}), installed {current.installed_at}")
+    click.echo(
+        f"{state.name} {current.version} (sequence {current.sequence}), installed {current.installed_at}"
+    )
     for s in services:
         health = f", {s.health}" if s.health else ""
         click.echo(f"  {s.service}: {s.state}{health}")
     for release in reversed(state.history):
-        click.echo(f"  earlier: {release.version} (sequence {release.sequence}), installed {release.installed_at}")
+        click.echo(
+            f"  earlier: {release.version} (sequence {release.sequence}), installed {release.installed_at}"
+        )
 
 
 if __name__ == "__main__":

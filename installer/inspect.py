@@ -79,7 +79,8 @@ def format_description(d: dict[str, Any]) -> str:
     lines = [
         f"{d['name']} {d['version']} (sequence {d['sequence']}), built {d['created']} by {d['builder']}",
         f"platform: {d['platform']}",
-        "signed by key ids (not verified here; run verify): " + (", ".join(d["signed_by"]) or "none"),
+        "signed by key ids (not verified here; run verify): "
+        + (", ".join(d["signed_by"]) or "none"),
         f"compose files: {', '.join(d['compose_files'])} (project {d['project_name']})",
         "images:",
     ]

@@ -195,7 +195,10 @@ def _check_downgrade(state: InstallState | None, verified: VerifiedBundle, allow
             f"{state.highest_sequence}; downgrade not allowed",
             hint="use a newer bundle, or pass --allow-downgrade to roll back on purpose",
         )
-    if manifest.sequence == current.sequence and verified.manifest_digest != current.manifest_digest:
+    if (
+        manifest.sequence == current.sequence
+        and verified.manifest_digest != current.manifest_digest
+    ):
         if not allow:
             raise DowngradeError(
                 f"bundle sequence {manifest.sequence} is installed with manifest "
@@ -250,7 +253,9 @@ def install(
         env_values = dotenv.parse(env_text)
         service_images = _service_images(verified, env_values, environ)
         if options.dry_run:
-            return InstallResult(manifest, [k.name for k in verified.signers], env_change, [], [], same_release, True)
+            return InstallResult(
+                manifest, [k.name for k in verified.signers], env_change, [], [], same_release, True
+            )
 
         # 4. Environment.
         client = engine.connect(environ)
@@ -260,9 +265,9 @@ def install(
         loaded = _load_images(client, verified, progress)
         missing = engine.missing_images(client, sorted(set(service_images.values())))
         if missing:
-            services = sorted(name for name, tag in service_images.items() if tag in missing)
+            lacking = sorted(name for name, tag in service_images.items() if tag in missing)
             raise InstallError(
-                f"image for service {', '.join(services)} not present after loading: {', '.join(missing)}",
+                f"image for service {', '.join(lacking)} not present after loading: {', '.join(missing)}",
                 hint="the bundle's image store does not match its manifest; rebuild the bundle",
             )
 

@@ -59,7 +59,9 @@ def load_public_key(path: Path) -> TrustedKey:
     return TrustedKey(key_id(public_key), path.stem, public_key, path)
 
 
-def load_trusted_keys(key_files: Iterable[Path] = (), trust_dirs: Iterable[Path] = ()) -> list[TrustedKey]:
+def load_trusted_keys(
+    key_files: Iterable[Path] = (), trust_dirs: Iterable[Path] = ()
+) -> list[TrustedKey]:
     """Collect trusted keys from single key files and from folders of `*.pub` files."""
     keys: dict[str, TrustedKey] = {}
     for path in key_files:

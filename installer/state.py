@@ -67,7 +67,9 @@ def load_state(target: Path) -> InstallState | None:
     try:
         jsonschema.validate(data, schemas.load(schemas.INSTALLER_STATE))
     except jsonschema.ValidationError as err:
-        raise InstallError(f"installer state {path} is invalid at {err.json_path}: {err.message}") from err
+        raise InstallError(
+            f"installer state {path} is invalid at {err.json_path}: {err.message}"
+        ) from err
     return InstallState(
         name=data["name"],
         current=Release(**data["current"]),

@@ -66,7 +66,9 @@ def make_bundle(
     for path, data in sorted(files.items()):
         (payload / path).parent.mkdir(parents=True, exist_ok=True)
         (payload / path).write_bytes(data)
-        members.append(Member(path, len(data), hashlib.sha256(data).hexdigest(), "application/yaml"))
+        members.append(
+            Member(path, len(data), hashlib.sha256(data).hexdigest(), "application/yaml")
+        )
     manifest = make_manifest(members, **manifest_overrides)
     manifest_bytes = manifest.to_bytes()
     signatures = dict([sign(key, manifest_bytes)])
@@ -77,7 +79,10 @@ def make_bundle(
 
 def rewrite_tar(source: Path, dest: Path, edit) -> None:  # type: ignore[no-untyped-def]
     """Copy a tar member by member through `edit(info, data) -> list[(info, data)]`."""
-    with tarfile.open(source) as tar_in, tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar_out:
+    with (
+        tarfile.open(source) as tar_in,
+        tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar_out,
+    ):
         for info in tar_in.getmembers():
             data = tar_in.extractfile(info).read() if info.isfile() else b""  # type: ignore[union-attr]
             for new_info, new_data in edit(info, data):

@@ -9,9 +9,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from bundle_factory import make_bundle, rewrite_tar, trusted_key
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from bundle_factory import make_bundle, rewrite_tar, trusted_key
 from installer.archive import read_bundle, verify_file
 from installer.errors import (
     DigestMismatchError,
@@ -123,7 +123,13 @@ def test_member_missing_from_manifest_is_rejected(tmp_path: Path) -> None:
     out = tmp_path / "extra.airlock"
     extra = tarfile.TarInfo("compose/extra.yml")
     extra.size = 1
-    rewrite_tar(bundle.path, out, lambda info, data: [(info, data), (extra, b"x")] if info.name == "compose/compose.yml" else [(info, data)])
+    rewrite_tar(
+        bundle.path,
+        out,
+        lambda info, data: (
+            [(info, data), (extra, b"x")] if info.name == "compose/compose.yml" else [(info, data)]
+        ),
+    )
     with pytest.raises(UnsafeMemberError) as caught:
         verify_file(out, [bundle.trusted])
     assert caught.value.message == "bundle member compose/extra.yml is not listed in the manifest"
@@ -132,7 +138,9 @@ def test_member_missing_from_manifest_is_rejected(tmp_path: Path) -> None:
 def test_removed_member_is_rejected(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, {"compose/compose.yml": b"a", "images/x": b"b"})
     out = tmp_path / "removed.airlock"
-    rewrite_tar(bundle.path, out, lambda info, data: [] if info.name == "images/x" else [(info, data)])
+    rewrite_tar(
+        bundle.path, out, lambda info, data: [] if info.name == "images/x" else [(info, data)]
+    )
     with pytest.raises(DigestMismatchError) as caught:
         verify_file(out, [bundle.trusted])
     assert caught.value.message == "bundle ends before member images/x"
@@ -171,7 +179,10 @@ def test_special_member_types_are_rejected(tmp_path: Path, kind: bytes, expected
     ("name", "expected"),
     [
         ("/etc/cron.d/x", "bundle member /etc/cron.d/x has an absolute path"),
-        ("compose/../../x", "bundle member compose/../../x has an empty, '.' or '..' path component"),
+        (
+            "compose/../../x",
+            "bundle member compose/../../x has an empty, '.' or '..' path component",
+        ),
     ],
 )
 def test_unsafe_member_paths_are_rejected(tmp_path: Path, name: str, expected: str) -> None:
@@ -237,4 +248,7 @@ def test_build_is_byte_identical(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     first = make_bundle(tmp_path / "a", key=key)
     second = make_bundle(tmp_path / "b", key=key)
-    assert hashlib.sha256(first.path.read_bytes()).digest() == hashlib.sha256(second.path.read_bytes()).digest()
+    assert (
+        hashlib.sha256(first.path.read_bytes()).digest()
+        == hashlib.sha256(second.path.read_bytes()).digest()
+    )
