@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
-import string
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from installer import compose, dotenv, engine, reference
-from installer._tarstream import iter_tar, tar_size
-from installer.archive import VerifiedBundle, open_bundle, read_bundle
+from installer import dotenv, engine, envmerge, images, policy
+from installer.archive import open_bundle, read_bundle
 from installer.compose_cli import ServiceStatus, detect, wait_healthy
-from installer.constants import COMPOSE_DIR, ENV_FILE, IMAGES_DIR, STATE_DIR
-from installer.errors import DowngradeError, InstallError, InterpolationError
+from installer.constants import COMPOSE_DIR, ENV_FILE, STATE_DIR
+from installer.errors import InstallError
 from installer.manifest import Manifest
 from installer.progress import NullProgress, ProgressReporter
 from installer.signing import TrustedKey
@@ -31,8 +28,6 @@ from installer.state import InstallState, Release, load_state, save_state, write
 
 logger = logging.getLogger(__name__)
 
-SECRET_ALPHABET = string.ascii_letters + string.digits
-PROJECT_NAME_KEY = "COMPOSE_PROJECT_NAME"
 DEFAULT_HEALTH_TIMEOUT = 300.0
 
 
@@ -49,163 +44,21 @@ class InstallOptions:
 
 
 @dataclass
-class EnvChange:
-    """What an install does to `.env`, by key only: values may be secrets."""
-
-    added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    generated: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    normalised: bool = False
-
-
-@dataclass
 class InstallResult:
     """What an install did, for the CLI to report."""
 
     manifest: Manifest
     signers: list[str]
-    env: EnvChange
+    env: envmerge.EnvChange
     images_loaded: list[str]
     services: list[ServiceStatus]
     unchanged: bool
     dry_run: bool = False
 
 
-def generate_secret(length: int) -> str:
-    """Return a random value of letters and digits, safe unquoted in `.env` and URLs."""
-    return "".join(secrets.choice(SECRET_ALPHABET) for _ in range(length))
-
-
-def merge_env(existing_text: str, manifest: Manifest) -> tuple[str, EnvChange]:
-    """Merge the bundle's `.env` values into the target's file.
-
-    Values the operator set and secrets generated earlier are kept; keys
-    the bundle sets are updated; secrets absent from the file are generated.
-    """
-    document = dotenv.DotenvFile.from_text(existing_text)
-    present = set(document.keys())
-    change = EnvChange()
-
-    for key, value in sorted(manifest.env_set.items()):
-        if key not in present:
-            document.set(key, value)
-            change.added.append(key)
-        elif document.values().get(key) != value:
-            document.set(key, value)
-            change.changed.append(key)
-    for secret in manifest.env_generate:
-        if secret.name in present:
-            change.kept.append(secret.name)
-            continue
-        document.set(secret.name, generate_secret(secret.length))
-        change.generated.append(secret.name)
-    if PROJECT_NAME_KEY not in present:
-        document.set(PROJECT_NAME_KEY, manifest.project_name)
-        change.added.append(PROJECT_NAME_KEY)
-
-    text = document.to_text()
-    change.normalised = document.normalised
-    return text, change
-
-
 def _staging_dir(target: Path) -> Path:
     (target / STATE_DIR).mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="staging-", dir=target / STATE_DIR))
-
-
-def _service_images(
-    verified: VerifiedBundle, env_values: Mapping[str, str], environ: Mapping[str, str]
-) -> dict[str, str]:
-    """Map each active service to the local tag its image loads under.
-
-    Uses the same precedence as compose (shell over `.env`), so the images
-    checked here are the ones `up` will ask for.
-    """
-    manifest = verified.manifest
-    files = [verified.staged(path) for path in manifest.compose_files]
-    project_env = compose.project_environment(env_values, environ)
-    try:
-        project = compose.load_project(files, project_env, profiles=manifest.profiles)
-    except InterpolationError as err:
-        raise InterpolationError(
-            err.message, hint=f"set the missing values in the target's {ENV_FILE} and install again"
-        ) from err
-
-    by_reference = {str(reference.parse(image.reference)): image for image in manifest.images}
-    images: dict[str, str] = {}
-    for service in project.active_services():
-        if service.image is None:
-            raise InstallError(f"service {service.name} has no image")
-        wanted = str(reference.parse(service.image))
-        record = by_reference.get(wanted)
-        if record is None:
-            raise InstallError(
-                f"service {service.name} uses image {service.image}, which the bundle does not carry",
-                hint=f"check the image variables in the target's {ENV_FILE}",
-            )
-        images[service.name] = record.load_tag
-    return images
-
-
-def _load_images(client: object, verified: VerifiedBundle, progress: ProgressReporter) -> list[str]:
-    """Load the bundle's images unless every one is already present under its tag."""
-    manifest = verified.manifest
-    absent = [
-        image
-        for image in manifest.images
-        if engine.image_id(client, image.load_tag) != image.image_id  # type: ignore[arg-type]
-    ]
-    if not absent:
-        logger.info("all %d images already present; nothing to load", len(manifest.images))
-        return []
-
-    store = verified.staged(IMAGES_DIR.rstrip("/"))
-    names = [
-        member.path[len(IMAGES_DIR) :]
-        for member in manifest.members
-        if member.path.startswith(IMAGES_DIR)
-    ]
-    total = tar_size(store, names)
-    logger.info("loading %d images (%d bytes) into Docker", len(manifest.images), total)
-    engine.load_images(
-        client,  # type: ignore[arg-type]
-        iter_tar(store, names),
-        expected_ids=[image.image_id for image in manifest.images],
-        progress=progress,
-        total=total,
-    )
-    return [image.load_tag for image in absent]
-
-
-def _check_downgrade(state: InstallState | None, verified: VerifiedBundle, allow: bool) -> bool:
-    """Refuse an older release; return True when this exact release is installed."""
-    manifest = verified.manifest
-    if state is None:
-        return False
-    if state.name != manifest.name:
-        raise DowngradeError(
-            f"target holds bundle {state.name}, this bundle is {manifest.name}",
-            hint="install it into its own target folder",
-        )
-    current = state.current
-    if manifest.sequence < state.highest_sequence and not allow:
-        raise DowngradeError(
-            f"bundle sequence {manifest.sequence} ({manifest.version}) < installed "
-            f"{state.highest_sequence}; downgrade not allowed",
-            hint="use a newer bundle, or pass --allow-downgrade to roll back on purpose",
-        )
-    if (
-        manifest.sequence == current.sequence
-        and verified.manifest_digest != current.manifest_digest
-    ):
-        if not allow:
-            raise DowngradeError(
-                f"bundle sequence {manifest.sequence} is installed with manifest "
-                f"{current.manifest_digest}, this bundle has {verified.manifest_digest}",
-                hint="two different bundles share a sequence number; ask the publisher which is genuine",
-            )
-    return verified.manifest_digest == current.manifest_digest
 
 
 def install(
@@ -244,14 +97,14 @@ def install(
 
         # 2. Replay and downgrade.
         state = load_state(target)
-        same_release = _check_downgrade(state, verified, options.allow_downgrade)
+        same_release = policy.check_release(state, verified, options.allow_downgrade)
 
         # 3. .env and images, in memory.
         env_path = target / ENV_FILE
         existing_text = env_path.read_text(encoding="utf-8") if env_path.exists() else ""
-        env_text, env_change = merge_env(existing_text, manifest)
+        env_text, env_change = envmerge.merge_env(existing_text, manifest)
         env_values = dotenv.parse(env_text)
-        service_images = _service_images(verified, env_values, environ)
+        service_images = images.service_images(verified, env_values, environ)
         if options.dry_run:
             return InstallResult(
                 manifest, [k.name for k in verified.signers], env_change, [], [], same_release, True
@@ -262,7 +115,7 @@ def install(
         compose_command = detect(environ)
 
         # 5. Images.
-        loaded = _load_images(client, verified, progress)
+        loaded = images.load_images(client, verified, progress)
         missing = engine.missing_images(client, sorted(set(service_images.values())))
         if missing:
             lacking = sorted(name for name, tag in service_images.items() if tag in missing)
@@ -280,7 +133,7 @@ def install(
         else:
             os.chmod(env_path, 0o600)
         compose_files = [target / path[len(COMPOSE_DIR) :] for path in manifest.compose_files]
-        project_name = env_values.get(PROJECT_NAME_KEY, manifest.project_name)
+        project_name = env_values.get(envmerge.PROJECT_NAME_KEY, manifest.project_name)
         compose_command.up(target, compose_files, project_name)
         services = wait_healthy(
             client, project_name, sorted(service_images), timeout=options.health_timeout
