@@ -123,6 +123,19 @@ class GeneratedSecret:
 
 
 @dataclass(frozen=True)
+class ChartDependency:
+    """A subchart archive vendored in the chart archive's `charts/` folder."""
+
+    name: str
+    version: str
+    # As Chart.yaml writes it: `file://…`, `https://…` or `oci://…`.
+    repository: str
+    # Path of the subchart archive inside the chart archive.
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class ChartRecord:
     """The Helm chart archive carried in the bundle."""
 
@@ -130,6 +143,17 @@ class ChartRecord:
     version: str
     path: str
     sha256: str
+    dependencies: tuple[ChartDependency, ...] = ()
+
+
+@dataclass(frozen=True)
+class PullingService:
+    """A service whose compose settings would make Compose pull or build its image."""
+
+    service: str
+    # The service's `pull_policy`, or None when the file sets none.
+    pull_policy: str | None
+    build: bool
 
 
 @dataclass(frozen=True)
@@ -155,6 +179,7 @@ class Manifest:
     layer_bytes: int = 0
     layer_bytes_stored: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
+    pulling_services: tuple[PullingService, ...] = ()
 
     def member(self, path: str) -> Member | None:
         for member in self.members:
@@ -177,6 +202,10 @@ class Manifest:
                 "files": list(self.compose_files),
                 "project_name": self.project_name,
                 "profiles": list(self.profiles),
+                "pulling_services": [
+                    {"service": s.service, "pull_policy": s.pull_policy, "build": s.build}
+                    for s in self.pulling_services
+                ],
             },
             "env": {
                 "set": dict(self.env_set),
@@ -191,6 +220,16 @@ class Manifest:
                 "version": self.chart.version,
                 "path": self.chart.path,
                 "sha256": self.chart.sha256,
+                "dependencies": [
+                    {
+                        "name": dependency.name,
+                        "version": dependency.version,
+                        "repository": dependency.repository,
+                        "path": dependency.path,
+                        "sha256": dependency.sha256,
+                    }
+                    for dependency in self.chart.dependencies
+                ],
             },
             "storage": {
                 "layer_bytes": self.layer_bytes,
@@ -227,7 +266,21 @@ class Manifest:
             ),
             env_required=tuple(data["env"]["required"]),
             images=tuple(ImageRecord.from_json(image) for image in data["images"]),
-            chart=None if chart is None else ChartRecord(**chart),
+            chart=None
+            if chart is None
+            else ChartRecord(
+                name=chart["name"],
+                version=chart["version"],
+                path=chart["path"],
+                sha256=chart["sha256"],
+                dependencies=tuple(
+                    ChartDependency(**dependency) for dependency in chart.get("dependencies", ())
+                ),
+            ),
+            pulling_services=tuple(
+                PullingService(item["service"], item["pull_policy"], item["build"])
+                for item in data["compose"].get("pulling_services", ())
+            ),
             layer_bytes=storage.get("layer_bytes", 0),
             layer_bytes_stored=storage.get("layer_bytes_stored", 0),
             members=tuple(Member(**member) for member in data["members"]),
