@@ -11,10 +11,10 @@
 # the base image, and each stand-in is a `docker build` FROM it. The server
 # and the outposts share a second layer, so bundles can deduplicate them.
 #
-# An image whose inputs (the files under scripts/standins/, busybox, the
-# options and its parent image) are unchanged is not built again. Every
-# image is pushed on each run, which costs little when the registry already
-# has its layers.
+# An image whose inputs (the files under scripts/standins/, this script,
+# busybox, the options and its parent image) are unchanged is not built
+# again. Every image is pushed on each run, which costs little when the
+# registry already has its layers.
 #
 # Progress goes to stderr. Stdout gets one line per image:
 #   UPSTREAM_REFERENCE REGISTRY_REFERENCE
@@ -103,14 +103,14 @@ check_environment() {
 }
 
 # Print a digest of everything the images are built from, so that a change to
-# any stand-in file or to busybox rebuilds them.
+# any stand-in file, to this script or to busybox rebuilds them.
 source_digest() {
     (
         cd "$standins_dir"
         find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
         # Git does not keep the mode bits beyond +x, so only they count.
         find . -type f -perm -u+x -print0 | LC_ALL=C sort -z | xargs -0 -r printf 'executable %s\n'
-        sha256sum "$busybox"
+        sha256sum "$busybox" "$repo/scripts/build-standins.sh"
     ) | sha256sum | cut -d' ' -f1
 }
 
@@ -168,7 +168,7 @@ build_base() {
 build_image() {
     local ref=$1 folder=$2 parent=$3 version=$4
     shift 4
-    local inputs context build_args=() argument image_fail_mode=$fail_mode
+    local inputs context build_args=() argument image_fail_mode=$fail_mode old_id
     # The shared layer holds no failure mode, so that building a broken
     # release leaves it, and the healthy images on it, as they are.
     [[ $folder == authentik-common ]] && image_fail_mode=""
@@ -180,6 +180,7 @@ build_image() {
     fi
 
     progress "$ref: building from scripts/standins/$folder"
+    old_id=$(docker image inspect -f '{{.Id}}' "$ref" 2>/dev/null || true)
     context=$(mktemp -d "$work_dir/context.XXXXXX")
     cp -pR "$standins_dir/$folder/." "$context/"
     printf '%s\n' "$image_fail_mode" >"$context/fail"
@@ -198,6 +199,11 @@ build_image() {
         --label "$label=$inputs" -t "$ref" "$context" >"$context.log" 2>&1; then
         cat "$context.log" >&2
         die "building $ref failed"
+    fi
+    # Remove the image this build replaced. Docker refuses while a container
+    # or another tag still uses it, and then the image stays.
+    if [[ -n $old_id ]]; then
+        docker image rm "$old_id" >/dev/null 2>&1 || true
     fi
     progress "$ref: built"
 }
