@@ -91,8 +91,9 @@ start_dockerd() {
         return
     fi
 
-    # A dockerd from an earlier run may still be starting up: wait for it
-    # rather than start a second one on the same socket.
+    # NOTE: no test covers this start path, because the test machines keep
+    # one dockerd running. A dockerd from an earlier run may still be
+    # starting up, so wait for it rather than start a second one.
     if ! pid=$(recorded_pid "$pid_file" dockerd); then
         # --ip makes published ports bind to 127.0.0.1 unless a compose file
         # names another address, so test stacks stay off other interfaces.
