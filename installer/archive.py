@@ -271,7 +271,11 @@ def read_bundle(
 
 
 def open_bundle(path: Path) -> BinaryIO:
-    """Open a bundle file for reading with a clear error when it is missing."""
+    """Open a bundle file, or the first part of a split bundle, as one stream."""
+    from installer import parts  # a split bundle reads its parts in order
+
+    if parts.is_split(path):
+        return parts.open_parts(path)
     try:
         return path.open("rb")
     except OSError as err:
