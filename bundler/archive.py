@@ -3,6 +3,12 @@
 Every header is fixed (mode 0644, uid/gid 0, no user or group names, one
 mtime for all) and members are in a fixed order, so the same inputs give a
 byte-identical archive.
+
+The first payload member, `airlock/SHA256SUMS`, lists every other payload
+member in `sha256sum` format. The manifest records its sha256 like any
+member's, so an operator with coreutils and openssl can check a bundle:
+signature, then the checksum list against the manifest, then
+`sha256sum -c`.
 """
 
 from __future__ import annotations
@@ -11,13 +17,15 @@ import hashlib
 import io
 import os
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from installer.constants import MANIFEST_PATH, SIGNATURE_SUFFIX, SIGNATURES_DIR, TAR_MODE_FILE
 from installer.manifest import Member
 
 COPY_CHUNK = 1024 * 1024
+CHECKSUMS_PATH = "airlock/SHA256SUMS"
+CHECKSUMS_MEDIA_TYPE = "text/plain; charset=utf-8"
 
 
 def file_member(root: Path, relative: str, media_type: str) -> Member:
@@ -29,6 +37,20 @@ def file_member(root: Path, relative: str, media_type: str) -> Member:
             digest.update(chunk)
             size += len(chunk)
     return Member(relative, size, digest.hexdigest(), media_type)
+
+
+def checksums_member(root: Path, payload: Sequence[Member]) -> Member:
+    """Write `root/airlock/SHA256SUMS` for `payload` and return its member.
+
+    The lines are `<sha256>  <path>`, the text mode `sha256sum -c` reads,
+    in the payload's order. Member paths never contain spaces or newlines
+    (the manifest schema forbids them), so no line needs escaping.
+    """
+    text = "".join(f"{member.sha256}  {member.path}\n" for member in payload)
+    path = root / CHECKSUMS_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return file_member(root, CHECKSUMS_PATH, CHECKSUMS_MEDIA_TYPE)
 
 
 def _header(name: str, size: int, mtime: int) -> tarfile.TarInfo:

@@ -7,18 +7,19 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
 
 from bundler import __version__
-from bundler.archive import file_member, write_archive
-from bundler.image_store import STORE_DIR, StoredImage, StoreSummary, write_store
+from bundler.archive import checksums_member, file_member, write_archive
+from bundler.image_store import STORE_DIR, StoredImage, StoreSummary, check_loadable, write_store
 from bundler.keys import load_private_key, sign
 from bundler.registry import RegistryClient, ResolvedImage
-from bundler.spec import BundleSpec, load_spec
+from bundler.spec import BundleSpec, check_min_docker_version, load_spec
+from bundler.split import SplitResult, split_bundle
 from installer import compose, reference
 from installer.constants import COMPOSE_DIR
 from installer.errors import ComposeError, InterpolationError, RegistryError, SpecError
@@ -44,6 +45,10 @@ class BuildOptions:
     mirrors: Mapping[str, str] = field(default_factory=dict)
     platform: str | None = None
     source_date_epoch: int | None = None
+    # Overrides the spec's min_docker_version (MAJOR.MINOR) when set.
+    min_docker_version: str | None = None
+    # Split the finished bundle into parts of at most this many bytes.
+    split_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class BuildResult:
     manifest: Manifest
     operator_variables: tuple[str, ...]
     size: int
+    parts: SplitResult | None = None
 
 
 @dataclass(frozen=True)
@@ -146,17 +152,17 @@ def collect_images(spec: BundleSpec, environ: Mapping[str, str]) -> list[_ImageU
 def load_tag(ref: reference.ImageReference) -> str:
     """Return the name `docker load` gives an image so compose finds it locally.
 
-    A reference with a tag loads under that tag (a digest next to it is
-    kept in the manifest only). A digest-only reference gets a tag derived
-    from the digest, because Docker's classic image store forgets registry
-    digests on load.
+    A digest-pinned reference (`name@sha256:...` or `name:tag@sha256:...`)
+    loads as `name:sha256-<64 hex>`, because Docker's classic image store
+    forgets registry digests on load and cannot find either form afterwards;
+    the installer points such services at this tag. The tag of a
+    `name:tag@sha256:...` reference is not used, so loading never moves an
+    existing `name:tag`. Any other reference loads under its tag.
     """
+    if ref.digest is not None:
+        return f"{ref.repository}:{ref.digest.replace(':', '-')}"
     if ref.tag is not None:
         return f"{ref.repository}:{ref.tag}"
-    if ref.digest is not None:
-        # TODO: compose still names such an image by digest; the installer must
-        # point it at this tag before `up`, or compose tries to pull it.
-        return f"{ref.repository}:{ref.digest.replace(':', '-')[:19]}"
     return f"{ref.repository}:latest"
 
 
@@ -215,12 +221,35 @@ def build(
     4. Resolve every image in its registry (or mirror) for the platform.
     5. Stage the compose files and the image store in a temporary folder.
     6. Record every member in the manifest, sign it, write the archive.
+    7. Split the archive into parts when asked.
     """
     environ = os.environ if environ is None else environ
     progress = progress or NullProgress()
-    spec = load_spec(options.spec_path)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="airlock-build-", dir=options.output.parent) as tmp:
+        spec = load_spec(options.spec_path, download_dir=Path(tmp) / "downloads")
+        result = _build(options, spec, Path(tmp) / "payload", environ, progress, client)
+    if options.split_size is not None:
+        parts = split_bundle(
+            result.output, options.split_size, key_paths=options.key_paths, remove_source=True
+        )
+        result = replace(result, parts=parts)
+    return result
+
+
+def _build(
+    options: BuildOptions,
+    spec: BundleSpec,
+    root: Path,
+    environ: Mapping[str, str],
+    progress: ProgressReporter,
+    client: RegistryClient | None,
+) -> BuildResult:
     keys = [load_private_key(path) for path in options.key_paths]
     platform = options.platform or spec.platform
+    min_docker_version = check_min_docker_version(
+        options.min_docker_version or spec.min_docker_version
+    )
     epoch = creation_time(environ, options.source_date_epoch)
 
     required, interpolation_env = operator_variables(spec)
@@ -230,67 +259,68 @@ def build(
     uses = collect_images(spec, interpolation_env)
     client = client or RegistryClient(options.mirrors)
     resolved = resolve_images(client, uses, platform)
+    # Before any layer is downloaded: every layer must load on the oldest engine.
+    for image in resolved:
+        check_loadable(image, min_docker_version)
 
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="airlock-build-", dir=options.output.parent) as tmp:
-        root = Path(tmp)
-        compose_paths = _stage_compose(spec, root)
-        stored = [
-            StoredImage(image, load_tag(use.reference))
-            for use, image in zip(uses, resolved, strict=True)
-        ]
-        summary: StoreSummary = write_store(root, stored, client, progress=progress)
+    compose_paths = _stage_compose(spec, root)
+    stored = [
+        StoredImage(image, load_tag(use.reference))
+        for use, image in zip(uses, resolved, strict=True)
+    ]
+    summary: StoreSummary = write_store(root, stored, client, progress=progress)
 
-        payload_paths = sorted(
-            str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
+    payload_paths = sorted(
+        str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
+    )
+    payload: list[Member] = [file_member(root, path, _media_type(path)) for path in payload_paths]
+    # The checksum list comes first, so a reader meets it right after the signatures.
+    members = [checksums_member(root, payload), *payload]
+
+    records = [
+        ImageRecord(
+            reference=use.written,
+            source=image.source,
+            index_digest=image.index_digest,
+            manifest_digest=image.manifest_digest,
+            manifest_media_type=image.manifest_media_type,
+            config=ManifestDescriptor(
+                image.config.media_type, image.config.digest, image.config.size
+            ),
+            platform=image.platform,
+            layers=tuple(
+                ManifestDescriptor(layer.media_type, layer.digest, layer.size)
+                for layer in image.layers
+            ),
+            load_tag=item.load_tag,
+            services=use.services,
         )
-        members: list[Member] = [
-            file_member(root, path, _media_type(path)) for path in payload_paths
-        ]
-
-        records = [
-            ImageRecord(
-                reference=use.written,
-                source=image.source,
-                index_digest=image.index_digest,
-                manifest_digest=image.manifest_digest,
-                manifest_media_type=image.manifest_media_type,
-                config=ManifestDescriptor(
-                    image.config.media_type, image.config.digest, image.config.size
-                ),
-                platform=image.platform,
-                layers=tuple(
-                    ManifestDescriptor(layer.media_type, layer.digest, layer.size)
-                    for layer in image.layers
-                ),
-                load_tag=item.load_tag,
-                services=use.services,
-            )
-            for use, image, item in zip(uses, resolved, stored, strict=True)
-        ]
-        manifest = Manifest(
-            name=spec.name,
-            version=spec.version,
-            sequence=spec.sequence,
-            created=datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            expires=spec.expires,
-            builder=f"airlock-bundle {__version__}",
-            platform=platform,
-            spec=spec.raw,
-            compose_files=tuple(compose_paths),
-            project_name=spec.project_name,
-            profiles=spec.profiles,
-            env_set=spec.env_set,
-            env_generate=spec.env_generate,
-            env_required=tuple(required),
-            images=tuple(records),
-            members=tuple(members),
-            layer_bytes=summary.layer_bytes,
-            layer_bytes_stored=summary.layer_bytes_stored,
-        )
-        manifest_bytes = manifest.to_bytes()
-        signatures = dict(sign(key, manifest_bytes) for key in keys)
-        write_archive(options.output, manifest_bytes, signatures, root, members, mtime=epoch)
+        for use, image, item in zip(uses, resolved, stored, strict=True)
+    ]
+    manifest = Manifest(
+        name=spec.name,
+        version=spec.version,
+        sequence=spec.sequence,
+        created=datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        expires=spec.expires,
+        builder=f"airlock-bundle {__version__}",
+        platform=platform,
+        spec=spec.raw,
+        compose_files=tuple(compose_paths),
+        project_name=spec.project_name,
+        profiles=spec.profiles,
+        env_set=spec.env_set,
+        env_generate=spec.env_generate,
+        env_required=tuple(required),
+        images=tuple(records),
+        members=tuple(members),
+        layer_bytes=summary.layer_bytes,
+        layer_bytes_stored=summary.layer_bytes_stored,
+        min_docker_version=min_docker_version,
+    )
+    manifest_bytes = manifest.to_bytes()
+    signatures = dict(sign(key, manifest_bytes) for key in keys)
+    write_archive(options.output, manifest_bytes, signatures, root, members, mtime=epoch)
 
     logger.debug("wrote %s (%d images, %d members)", options.output, len(records), len(members))
     return BuildResult(options.output, manifest, tuple(required), options.output.stat().st_size)

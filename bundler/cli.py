@@ -12,6 +12,7 @@ from bundler import __version__
 from bundler.build import BuildOptions, build
 from bundler.keys import generate_key_pair
 from bundler.registry import parse_mirrors
+from bundler.split import join_parts, parse_size, split_bundle
 from installer._cli_common import EXIT_CODES_HELP, configure_logging, report_errors
 from installer.inspect import describe_bundle, format_description
 from installer.progress import format_amount, make_reporter
@@ -71,9 +72,28 @@ def keygen(out: Path, name: str) -> None:
 @click.option(
     "--platform", help="Target platform os/arch[/variant]; default: the spec's, else linux/amd64."
 )
+@click.option(
+    "--min-docker-version",
+    metavar="MAJOR.MINOR",
+    help="Oldest Docker Engine the bundle must load on; default: the spec's, else 20.10. "
+    "zstd layers need 23.0.",
+)
+@click.option(
+    "--split",
+    "split_size",
+    metavar="SIZE",
+    help="Write parts of at most SIZE bytes (K, M, G, T are binary units; 4G means "
+    "4 GiB - 1, FAT32's limit) and a signed parts index instead of one file.",
+)
 @report_errors
 def build_command(
-    spec: Path, keys: tuple[Path, ...], output: Path, mirrors: tuple[str, ...], platform: str | None
+    spec: Path,
+    keys: tuple[Path, ...],
+    output: Path,
+    mirrors: tuple[str, ...],
+    platform: str | None,
+    min_docker_version: str | None,
+    split_size: str | None,
 ) -> None:
     """Build a signed bundle from the bundle spec SPEC."""
     options = BuildOptions(
@@ -82,6 +102,8 @@ def build_command(
         output=output,
         mirrors=parse_mirrors(mirrors),
         platform=platform,
+        min_docker_version=min_docker_version,
+        split_size=None if split_size is None else parse_size(split_size),
     )
     result = build(options, environ=os.environ, progress=make_reporter())
     manifest = result.manifest
@@ -89,11 +111,54 @@ def build_command(
         f"wrote {result.output} ({format_amount(result.size, 'B')}): {manifest.name} "
         f"{manifest.version}, {len(manifest.images)} images, {len(manifest.members)} members"
     )
+    if result.parts is not None:
+        click.echo(
+            f"split into {len(result.parts.parts)} parts: {result.parts.parts[0].name} ... "
+            f"{result.parts.parts[-1].name}, index {result.parts.index.name}"
+        )
     if result.operator_variables:
         click.echo(
             "the operator must set these in .env before install: "
             + ", ".join(result.operator_variables)
         )
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--size",
+    required=True,
+    metavar="SIZE",
+    help="Maximum part size in bytes; K, M, G, T are binary units, and 4G means 4 GiB - 1.",
+)
+@click.option(
+    "--key",
+    "keys",
+    multiple=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Ed25519 private key (PEM) to sign the parts index with. Repeatable.",
+)
+@report_errors
+def split(bundle: Path, size: str, keys: tuple[Path, ...]) -> None:
+    """Split BUNDLE into BUNDLE.001, BUNDLE.002, ... and BUNDLE.parts.json beside it."""
+    result = split_bundle(bundle, parse_size(size), key_paths=keys)
+    for part in result.parts:
+        click.echo(str(part))
+    signed = ", ".join(result.signed_by) if result.signed_by else "unsigned"
+    click.echo(f"{result.index} ({signed})")
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@click.argument("parts", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Bundle file to write; default: the first part's name without its number.",
+)
+@report_errors
+def join(parts: tuple[Path, ...], output: Path | None) -> None:
+    """Join PARTS, in order, into one bundle, checking them against the parts index."""
+    click.echo(f"wrote {join_parts(parts, output)}")
 
 
 @main.command(epilog=EXIT_CODES_HELP)

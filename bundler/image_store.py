@@ -22,12 +22,18 @@ from installer.constants import (
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
+    OCI_LAYER_ZSTD,
     OCI_LAYOUT_FILE,
     OCI_LAYOUT_VERSION,
     OCI_REF_NAME_ANNOTATION,
 )
 from installer.errors import RegistryError
-from installer.manifest import canonical_json
+from installer.manifest import (
+    DEFAULT_MIN_DOCKER_VERSION,
+    ZSTD_MIN_DOCKER_VERSION,
+    canonical_json,
+    engine_version,
+)
 from installer.progress import NullProgress, ProgressReporter
 
 logger = logging.getLogger(__name__)
@@ -39,6 +45,7 @@ OCI_INDEX_FILE = "index.json"
 
 # Layer encodings Docker Engine 20.10 can load; zstd arrived in Engine 23.
 LOADABLE_LAYER_TYPES = frozenset({DOCKER_LAYER_GZIP, OCI_LAYER_GZIP, OCI_LAYER_TAR})
+ZSTD_LAYER_TYPES = frozenset({OCI_LAYER_ZSTD})
 
 
 @dataclass(frozen=True)
@@ -65,15 +72,34 @@ def blob_path(digest: str) -> str:
     return f"{BLOBS_DIR}/{hexdigest}"
 
 
-def check_loadable(image: ResolvedImage) -> None:
-    """Reject layer encodings that `docker load` on Engine 20.10 cannot read."""
+def check_loadable(
+    image: ResolvedImage, min_docker_version: str = DEFAULT_MIN_DOCKER_VERSION
+) -> None:
+    """Reject layers that `docker load` on the oldest target engine cannot read.
+
+    gzip and uncompressed layers load on every supported engine; zstd
+    layers need Engine 23.0 or newer. Any other layer type (foreign or
+    non-distributable layers, encrypted layers) is rejected.
+    """
+    zstd_ok = engine_version(min_docker_version) >= engine_version(ZSTD_MIN_DOCKER_VERSION)
     for layer in image.layers:
-        if layer.media_type not in LOADABLE_LAYER_TYPES:
+        if layer.media_type in LOADABLE_LAYER_TYPES:
+            continue
+        if layer.media_type in ZSTD_LAYER_TYPES:
+            if zstd_ok:
+                continue
             raise RegistryError(
-                f"image {image.reference} has a layer {layer.digest} of type {layer.media_type}, "
-                "which docker load on Engine 20.10 cannot read",
-                hint="publish the image with gzip layers, or pick a tag built that way",
+                f"image {image.reference} has zstd layer {layer.digest}, which docker load "
+                f"before Engine {ZSTD_MIN_DOCKER_VERSION} cannot read "
+                f"(the bundle targets Engine {min_docker_version})",
+                hint=f"use an image with gzip layers, or pass --min-docker-version "
+                f"{ZSTD_MIN_DOCKER_VERSION} if every target engine is that new",
             )
+        raise RegistryError(
+            f"image {image.reference} has layer {layer.digest} of type {layer.media_type}, "
+            "which docker load cannot read",
+            hint="use an image with gzip layers, or pick a tag built that way",
+        )
 
 
 def _write_bytes(path: Path, data: bytes, digest: str) -> None:
@@ -129,6 +155,7 @@ def write_store(
         progress.finish()
 
     _write_indexes(store, images)
+    _check_complete(store, images)
     logger.info(
         "image store: %d images, %d layer bytes, %d stored after deduplication",
         len(images),
@@ -136,6 +163,22 @@ def write_store(
         layer_bytes_stored,
     )
     return StoreSummary(layer_bytes, layer_bytes_stored)
+
+
+def _check_complete(store: Path, images: Sequence[StoredImage]) -> None:
+    """Fail when a blob an index names is missing from the store."""
+    for stored in images:
+        image = stored.image
+        for digest in (
+            image.manifest_digest,
+            image.config.digest,
+            *(layer.digest for layer in image.layers),
+        ):
+            if not (store / blob_path(digest)).is_file():
+                raise RegistryError(
+                    f"image store lacks blob {digest} of image {image.reference}",
+                    hint="this is a bug in airlock-bundle; report it with the command you ran",
+                )
 
 
 def _write_indexes(store: Path, images: Sequence[StoredImage]) -> None:

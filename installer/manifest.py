@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,25 @@ from installer.constants import FORMAT_VERSION
 from installer.errors import ManifestError
 
 logger = logging.getLogger(__name__)
+
+# Docker Engine 20.10 is the oldest engine airlock supports: it loads gzip
+# and uncompressed layers from a docker-archive.
+DEFAULT_MIN_DOCKER_VERSION = "20.10"
+# Engine 23.0 is the first whose `docker load` reads zstd layers; 20.10
+# fails with "invalid tar header".
+ZSTD_MIN_DOCKER_VERSION = "23.0"
+_ENGINE_VERSION = re.compile(r"^v?(\d+)\.(\d+)")
+
+
+def engine_version(text: str) -> tuple[int, int]:
+    """Parse MAJOR.MINOR from a Docker Engine version such as `20.10.24+dfsg1`.
+
+    Raises ValueError when `text` does not start with two dotted numbers.
+    """
+    match = _ENGINE_VERSION.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a Docker Engine version (expected MAJOR.MINOR...)")
+    return int(match.group(1)), int(match.group(2))
 
 
 def canonical_json(value: Any) -> bytes:
@@ -180,6 +200,8 @@ class Manifest:
     layer_bytes_stored: int = 0
     spec: dict[str, Any] = field(default_factory=dict)
     pulling_services: tuple[PullingService, ...] = ()
+    # The oldest Docker Engine, MAJOR.MINOR, that can load every image here.
+    min_docker_version: str = DEFAULT_MIN_DOCKER_VERSION
 
     def member(self, path: str) -> Member | None:
         for member in self.members:
@@ -197,6 +219,7 @@ class Manifest:
             "expires": self.expires,
             "builder": self.builder,
             "platform": self.platform,
+            "min_docker_version": self.min_docker_version,
             "spec": self.spec,
             "compose": {
                 "files": list(self.compose_files),
@@ -284,6 +307,7 @@ class Manifest:
             layer_bytes=storage.get("layer_bytes", 0),
             layer_bytes_stored=storage.get("layer_bytes_stored", 0),
             members=tuple(Member(**member) for member in data["members"]),
+            min_docker_version=data["min_docker_version"],
         )
 
 
