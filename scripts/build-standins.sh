@@ -110,7 +110,10 @@ source_digest() {
         find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
         # Git does not keep the mode bits beyond +x, so only they count.
         find . -type f -perm -u+x -print0 | LC_ALL=C sort -z | xargs -0 -r printf 'executable %s\n'
-        sha256sum "$busybox" "$repo/scripts/build-standins.sh"
+        # Contents only: the checkout's path must not change the digest, or
+        # two clones on one machine would rebuild each other's images.
+        sha256sum <"$busybox"
+        sha256sum <"$repo/scripts/build-standins.sh"
     ) | sha256sum | cut -d' ' -f1
 }
 
