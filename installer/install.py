@@ -26,7 +26,7 @@ from pathlib import Path
 import docker
 
 from installer import dotenv, engine, images, policy, preflight, releases
-from installer.archive import VerifiedBundle, open_bundle, read_bundle
+from installer.archive import BundleFacts, VerifiedBundle, open_bundle, read_bundle
 from installer.compose_cli import ComposeCommand, ServiceStatus, detect, wait_healthy
 from installer.constants import ENV_FILE, STATE_DIR
 from installer.envmerge import EnvChange
@@ -113,6 +113,15 @@ class InstallOptions:
     reserve_bytes: int = DEFAULT_RESERVE_BYTES
     # Returns the free bytes of a path's filesystem; tests replace it.
     free_space: FreeSpace | None = field(default=None, compare=False)
+    # Distinct trusted keys that must have signed the bundle.
+    threshold: int = 1
+    ignore_expiry: bool = False
+    # Audit log file to append one line to, or None for no audit record.
+    audit_log: Path | None = None
+    # Host record of the highest sequence installed per bundle name, or None.
+    host_record: Path | None = None
+    # Filled in by policy.check_release for the audit record.
+    audit_facts: BundleFacts = field(default_factory=BundleFacts, compare=False, repr=False)
 
 
 @dataclass
@@ -237,7 +246,9 @@ def plan_install(
     try:
         verified = _verify(options, staging, progress)
         state = load_state(target)
-        same_release = policy.check_release(state, verified, options.allow_downgrade)
+        same_release = policy.check_release(
+            state, verified, options.allow_downgrade, **policy.release_checks(options)
+        )
 
         findings, client, info = preflight.check_engine(environ)
         compose_findings, _ = preflight.check_compose(environ)
@@ -288,7 +299,13 @@ def install(
     try:
         staging = _staging_dir(target)
         context = _Context(options, target, environ, progress, interrupts)
-        return _install_locked(context, staging)
+        result = _install_locked(context, staging)
+    except BaseException as err:
+        policy.record_install(options, target, error=err, environ=environ)
+        raise
+    else:
+        policy.record_install(options, target, environ=environ)
+        return result
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -331,7 +348,9 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
 
     # 3. Replay and downgrade.
     state = load_state(target)
-    same_release = policy.check_release(state, verified, options.allow_downgrade)
+    same_release = policy.check_release(
+        state, verified, options.allow_downgrade, **policy.release_checks(options)
+    )
 
     # 4. The interrupted run: the same bundle resumes below, because every
     # step is safe to repeat; another bundle first gets the target back to
@@ -344,7 +363,9 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
             _undo_interrupted(context, interrupted, state)
             recovered = f"undid {interrupted.describe()}"
             state = load_state(target)
-            same_release = policy.check_release(state, verified, options.allow_downgrade)
+            same_release = policy.check_release(
+                state, verified, options.allow_downgrade, **policy.release_checks(options)
+            )
         else:
             recovered = f"cleared {interrupted.describe()}; the target was unchanged"
         logger.warning("%s", recovered)

@@ -23,16 +23,37 @@ from installer.errors import SignatureError, UsageError
 logger = logging.getLogger(__name__)
 
 PUBLIC_KEY_SUFFIX = ".pub"
+COPY_AGAIN_HINT = "the bundle was altered or damaged in transit; copy it again from the source"
+_ADD_KEY_HINT = (
+    "if you trust the publisher, add their public key with "
+    "airlock-install trust add KEYFILE, or pass --key PUBFILE"
+)
 
 
 @dataclass(frozen=True)
 class TrustedKey:
-    """A public key the installer accepts signatures from."""
+    """A public key the installer knows, with what it may sign.
+
+    `bundles` lists the bundle names the key may sign; empty means any.
+    A key with `revoked_at` set was removed from the trust store at that
+    time: its signatures never count, and a bundle signed only by it is
+    rejected with a message that names the revocation.
+    """
 
     key_id: str
     name: str
     public_key: Ed25519PublicKey
     source: Path | None = None
+    bundles: tuple[str, ...] = ()
+    revoked_at: str | None = None
+
+    def may_sign(self, bundle_name: str) -> bool:
+        """Return True when this key's signature counts for `bundle_name`."""
+        return self.revoked_at is None and (not self.bundles or bundle_name in self.bundles)
+
+    def describe(self) -> str:
+        """Return `name (key id)` for messages."""
+        return f"{self.name} ({self.key_id})"
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -76,7 +97,10 @@ def load_trusted_keys(
     if not keys:
         raise UsageError(
             "no trusted public key given",
-            hint="pass --key PUBFILE or --trust DIR holding the publisher's .pub file",
+            hint=(
+                "add the publisher's .pub file with airlock-install trust add KEYFILE, "
+                "or pass --key PUBFILE or --trust DIR"
+            ),
         )
     return list(keys.values())
 
@@ -92,37 +116,90 @@ def verify_signatures(
 
     Signatures from keys not in `trusted` are ignored, so a bundle can carry
     an old and a new key's signature while a key is being rotated. A
-    signature that claims a trusted key id but does not verify is fatal,
-    because it means the manifest or the signature was altered.
+    signature that claims a known key id but does not verify is fatal,
+    because it means the manifest or the signature was altered. Valid
+    signatures by revoked keys do not count. Raises `SignatureError` when
+    fewer than `threshold` distinct trusted keys signed.
     """
-    trusted_by_id = {key.key_id: key for key in trusted}
+    known_by_id = {key.key_id: key for key in trusted}
     signers: list[TrustedKey] = []
+    revoked: list[TrustedKey] = []
     for signer_id, signature in sorted(signatures.items()):
-        key = trusted_by_id.get(signer_id)
+        key = known_by_id.get(signer_id)
         if key is None:
-            logger.debug("ignoring signature by untrusted key id %s", signer_id)
+            logger.debug("ignoring signature by unknown key id %s", signer_id)
             continue
         try:
             key.public_key.verify(signature, manifest_bytes)
         except InvalidSignature as err:
             raise SignatureError(
                 f"signature airlock/signatures/{signer_id}.sig does not match the manifest",
-                hint="the bundle was altered or damaged in transit; copy it again from the source",
+                hint=COPY_AGAIN_HINT,
             ) from err
-        logger.debug("valid signature by key %s (%s)", key.name, signer_id)
+        if key.revoked_at is not None:
+            logger.debug("ignoring signature by revoked key %s", key.describe())
+            revoked.append(key)
+            continue
+        logger.debug("valid signature by key %s", key.describe())
         signers.append(key)
 
     if len(signers) < threshold:
-        if not signatures:
-            raise SignatureError(
-                "bundle is not signed",
-                hint="rebuild it with airlock-bundle build --key KEYFILE",
-            )
-        found = ", ".join(sorted(signatures))
-        raise SignatureError(
-            f"bundle is signed by key id {found}, not in the trusted keys"
-            if threshold == 1
-            else f"bundle has {len(signers)} trusted signatures, {threshold} required",
-            hint="ask the publisher for the matching .pub file and pass it with --key or --trust",
-        )
+        raise _too_few_signers(signatures, signers, revoked, threshold)
     return signers
+
+
+def check_signer_scope(
+    signers: Iterable[TrustedKey], bundle_name: str, *, threshold: int = 1
+) -> list[TrustedKey]:
+    """Return the signers allowed to sign `bundle_name`, or raise below `threshold`.
+
+    A key restricted to other bundle names does not count for this bundle.
+    """
+    signers = list(signers)
+    allowed = [key for key in signers if key.may_sign(bundle_name)]
+    if len(allowed) >= threshold:
+        return allowed
+    excluded = [key for key in signers if not key.may_sign(bundle_name)]
+    if not allowed and excluded:
+        key = excluded[0]
+        raise SignatureError(
+            f"bundle {bundle_name} is signed by key {key.describe()}, which may sign only "
+            f"bundles {', '.join(key.bundles)}",
+            hint=(
+                f"if that key may sign {bundle_name}, add it again with "
+                f"airlock-install trust add KEYFILE --bundles {','.join((*key.bundles, bundle_name))}"
+            ),
+        )
+    raise SignatureError(
+        f"bundle {bundle_name} has {len(allowed)} valid signatures by keys trusted for it, "
+        f"{threshold} required",
+        hint="ask the publisher to sign the bundle with more trusted keys, or lower --threshold",
+    )
+
+
+def _too_few_signers(
+    signatures: Mapping[str, bytes],
+    signers: list[TrustedKey],
+    revoked: list[TrustedKey],
+    threshold: int,
+) -> SignatureError:
+    if not signatures:
+        return SignatureError(
+            "bundle is not signed",
+            hint="rebuild it with airlock-bundle build --key KEYFILE",
+        )
+    if not signers and revoked:
+        key = revoked[0]
+        return SignatureError(
+            f"bundle is signed by key {key.describe()}, which was revoked at {key.revoked_at}",
+            hint="a revoked key no longer counts; ask the publisher for a bundle signed with a current key",
+        )
+    if not signers:
+        found = ", ".join(sorted(signatures))
+        return SignatureError(
+            f"bundle is signed by key id {found}, not in the trusted keys", hint=_ADD_KEY_HINT
+        )
+    return SignatureError(
+        f"bundle has {len(signers)} valid signatures by trusted keys, {threshold} required",
+        hint="ask the publisher to sign the bundle with more trusted keys, or lower --threshold",
+    )
