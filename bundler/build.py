@@ -15,16 +15,17 @@ import yaml
 
 from bundler import __version__
 from bundler.archive import checksums_member, file_member, write_archive
+from bundler.chart import chart_images, package_chart
 from bundler.image_store import STORE_DIR, StoredImage, StoreSummary, check_loadable, write_store
 from bundler.keys import load_private_key, sign
 from bundler.registry import RegistryClient, ResolvedImage
 from bundler.spec import BundleSpec, check_min_docker_version, load_spec
 from bundler.split import SplitResult, split_bundle
-from installer import compose, reference
+from installer import compose, compose_files, pull_policy, reference, variable_sources
 from installer.constants import COMPOSE_DIR
 from installer.errors import ComposeError, InterpolationError, RegistryError, SpecError
 from installer.manifest import Descriptor as ManifestDescriptor
-from installer.manifest import ImageRecord, Manifest, Member
+from installer.manifest import ImageRecord, Manifest, Member, PullingService
 from installer.progress import NullProgress, ProgressReporter
 
 logger = logging.getLogger(__name__)
@@ -185,17 +186,60 @@ def resolve_images(
     return resolved
 
 
-def _stage_compose(spec: BundleSpec, root: Path) -> list[str]:
-    names = [path.name for path in spec.compose_files]
-    if len(set(names)) != len(names):
-        raise SpecError("two compose files in the spec share a file name; rename one")
+@dataclass(frozen=True)
+class _StagedCompose:
+    # Members of the spec's compose files, in -f order.
+    paths: list[str]
+    pulling: tuple[PullingService, ...]
+
+
+def _stage_compose(
+    spec: BundleSpec, root: Path, environ: Mapping[str, str], required: Sequence[str]
+) -> _StagedCompose:
+    """Copy every file the compose project loads into `root/compose/`, keeping its layout.
+
+    Also logs where each interpolated variable's value comes from (never a
+    secret's value) and warns about each service that would make Compose
+    pull or build inside the enclave.
+    """
+    project = compose.load_project(
+        list(spec.compose_files),
+        environ,
+        profiles=spec.profiles,
+        project_dir=spec.folder,
+        warn_unset=False,
+    )
+    carried = compose_files.carried_files(project, spec.compose_files, spec.folder)
     (root / COMPOSE_DIR).mkdir(parents=True)
-    paths = []
-    for path in spec.compose_files:
-        relative = f"{COMPOSE_DIR}{path.name}"
-        shutil.copyfile(path, root / relative)
-        paths.append(relative)
-    return paths
+    for item in carried:
+        destination = root / item.member
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(item.source, destination)
+        logger.debug("carrying %s as %s", item.source, item.member)
+    members = {item.source.resolve(): item.member for item in carried}
+    paths = [members[path.resolve()] for path in spec.compose_files]
+
+    uses = [
+        use
+        for path in project.compose_files
+        for use in compose.variable_uses(compose.read_document(path), source=path.name)
+    ]
+    for source in variable_sources.describe_sources(
+        uses,
+        env_set=spec.env_set,
+        generated=[secret.name for secret in spec.env_generate],
+        required=required,
+    ):
+        logger.info("variable %s", source.describe())
+
+    pulling = tuple(pull_policy.pulling_services(project))
+    for service in pulling:
+        logger.warning(
+            "service %s would make Compose pull or build inside the enclave; "
+            "the installer overrides it with pull_policy: never or stops",
+            pull_policy.describe(service),
+        )
+    return _StagedCompose(paths, pulling)
 
 
 def _media_type(path: str) -> str:
@@ -256,14 +300,18 @@ def _build(
     for name in required:
         logger.warning("variable %s must be provided in .env inside the enclave", name)
 
-    uses = collect_images(spec, interpolation_env)
+    uses = collect_images(
+        replace(spec, extra_images=(*spec.extra_images, *chart_images(spec))), interpolation_env
+    )
+    # A chart dependency that is not vendored stops the build before any download.
+    chart = package_chart(spec, root, mtime=epoch)
     client = client or RegistryClient(options.mirrors)
     resolved = resolve_images(client, uses, platform)
     # Before any layer is downloaded: every layer must load on the oldest engine.
     for image in resolved:
         check_loadable(image, min_docker_version)
 
-    compose_paths = _stage_compose(spec, root)
+    staged_compose = _stage_compose(spec, root, interpolation_env, required)
     stored = [
         StoredImage(image, load_tag(use.reference))
         for use, image in zip(uses, resolved, strict=True)
@@ -306,7 +354,9 @@ def _build(
         builder=f"airlock-bundle {__version__}",
         platform=platform,
         spec=spec.raw,
-        compose_files=tuple(compose_paths),
+        compose_files=tuple(staged_compose.paths),
+        pulling_services=staged_compose.pulling,
+        chart=chart,
         project_name=spec.project_name,
         profiles=spec.profiles,
         env_set=spec.env_set,

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ComposeProject",
+    "EnvFileUse",
     "MissingVariable",
     "MissingVariablesError",
     "PublishedPort",
@@ -40,6 +41,7 @@ __all__ = [
     "interpolate_tree",
     "load_project",
     "project_environment",
+    "read_document",
     "variable_uses",
 ]
 
@@ -551,6 +553,11 @@ _ComposeLoader.add_constructor("!reset", _construct_reset)
 _ComposeLoader.add_constructor("!override", _construct_override)
 
 
+def read_document(path: Path) -> dict[str, Any]:
+    """Read one compose file's YAML as compose-go does, without interpolating it."""
+    return _read_yaml(path)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -735,15 +742,38 @@ class Service:
 
 
 @dataclass(frozen=True)
+class EnvFileUse:
+    """One `env_file` entry of a service, resolved against its file's folder."""
+
+    service: str
+    # The compose file whose service names the env file.
+    compose_file: Path
+    # The path as written in the compose file.
+    written: str
+    path: Path
+    # False for a long-syntax entry with `required: false`.
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class ComposeProject:
     """The services, volumes and files of a loaded Compose project."""
 
     name: str | None
     services: dict[str, Service]
     volumes: list[str]
+    # Every compose file read (through -f, `extends.file` and `include`) and
+    # every env file an `include` read for interpolation, in load order.
+    # Services' own `env_file` entries are in `env_files`.
     files: list[Path]
     # Profiles that were active when the project was loaded.
     profiles: tuple[str, ...] = ()
+    env_files: list[EnvFileUse] = field(default_factory=list)
+    # The compose files among `files`, without the env files.
+    compose_files: list[Path] = field(default_factory=list)
+    project_dir: Path | None = None
+    # True when a file has an `include` section, which Compose v1 rejects.
+    uses_include: bool = False
 
     def active_services(self) -> list[Service]:
         """Return the services that run with the active profiles, in file order.
@@ -908,16 +938,51 @@ def _build_service(name: str, data: Any, files_text: str) -> Service:
 # ---------------------------------------------------------------------------
 
 
-class _Loader:
-    """Read, interpolate and cache compose files for one `load_project` call."""
+def _env_file_entries(value: Any) -> list[tuple[str, bool]]:
+    """Return `(path, required)` for each `env_file` entry, short or long syntax."""
+    entries = value if isinstance(value, list) else [value]
+    result = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            if "path" not in entry:
+                raise ValueError("an env_file entry in long syntax needs a `path`")
+            result.append((str(entry["path"]), entry.get("required", True) is not False))
+        else:
+            result.append((str(entry), True))
+    return result
 
-    def __init__(self, environ: Mapping[str, str], evaluation: _Evaluation) -> None:
+
+class _Loader:
+    """Read, interpolate and cache compose files for one `load_project` call.
+
+    `project_dir` is the folder relative paths in the top-level files are
+    resolved against (Compose's `--project-directory`). Relative paths in a
+    file reached through `extends.file` resolve against that file's folder,
+    and in an included file against the include's project directory.
+    """
+
+    def __init__(
+        self,
+        environ: Mapping[str, str],
+        evaluation: _Evaluation,
+        project_dir: Path,
+        top_level: Sequence[Path],
+    ) -> None:
         self.environ = environ
         self.evaluation = evaluation
+        self.project_dir = project_dir
+        self.top_level = {path.resolve() for path in top_level}
         self.documents: dict[Path, dict[str, Any]] = {}
         self.files: list[Path] = []
+        self.compose_files: list[Path] = []
+        self.env_files: list[EnvFileUse] = []
 
-    def document(self, path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def document(
+        self,
+        path: Path,
+        environ: Mapping[str, str] | None = None,
+        base_dir: Path | None = None,
+    ) -> dict[str, Any]:
         resolved = path.resolve()
         if resolved not in self.documents:
             raw = _read_yaml(path)
@@ -925,7 +990,27 @@ class _Loader:
             document = _interpolate_node(raw, environment, str(path), "", self.evaluation)
             self.documents[resolved] = document
             self.files.append(path)
+            self.compose_files.append(path)
+            if base_dir is None:
+                base_dir = self.project_dir if resolved in self.top_level else path.parent
+            self._record_env_files(path, document, base_dir)
         return self.documents[resolved]
+
+    def _record_env_files(self, path: Path, document: dict[str, Any], base_dir: Path) -> None:
+        services = document.get("services")
+        if not isinstance(services, dict):
+            return
+        for name, service in services.items():
+            if not isinstance(service, dict) or service.get("env_file") is None:
+                continue
+            try:
+                entries = _env_file_entries(service["env_file"])
+            except ValueError as err:
+                raise ComposeError(f"{path}: services.{name}.env_file: {err}") from err
+            for written, required in entries:
+                self.env_files.append(
+                    EnvFileUse(str(name), path, written, base_dir / written, required)
+                )
 
     def services_of(self, path: Path) -> dict[str, Any]:
         services = self.document(path).get("services") or {}
@@ -963,9 +1048,14 @@ class _Loader:
         merged = _merge_documents([{"services": {name: base}}, {"services": {name: own}}])
         return merged["services"][name]
 
-    def load_file(self, path: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def load_file(
+        self,
+        path: Path,
+        environ: Mapping[str, str] | None = None,
+        base_dir: Path | None = None,
+    ) -> dict[str, Any]:
         """Return one file's document with `extends` and `include` resolved."""
-        document = dict(self.document(path, environ))
+        document = dict(self.document(path, environ, base_dir))
         services = document.get("services")
         if isinstance(services, dict):
             document["services"] = {name: self.resolve_extends(path, name) for name in services}
@@ -990,7 +1080,9 @@ class _Loader:
                 entry.get("project_directory") or included_paths[0].parent
             )
             environ = self._include_environment(path, entry, project_dir)
-            included = _merge_documents([self.load_file(p, environ) for p in included_paths])
+            included = _merge_documents(
+                [self.load_file(p, environ, project_dir) for p in included_paths]
+            )
             document = self._add_included(path, document, included)
         return document
 
@@ -1015,6 +1107,8 @@ class _Loader:
                 if required:
                     raise ComposeError(f"{path}: include env_file {candidate} not found")
                 continue
+            if candidate not in self.files:
+                self.files.append(candidate)
             try:
                 values.update(dotenv.parse(candidate.read_text(encoding="utf-8"), self.environ))
             except DotenvError as err:
@@ -1058,6 +1152,8 @@ def load_project(
     environ: Mapping[str, str],
     *,
     profiles: Sequence[str] = (),
+    project_dir: Path | None = None,
+    warn_unset: bool = True,
 ) -> ComposeProject:
     """Load compose files as `docker compose -f FILE...` does, with `environ` for interpolation.
 
@@ -1065,7 +1161,10 @@ def load_project(
     resolved; then the files are merged in order, later files winning for
     scalars. Every missing required variable in every file is reported in one
     InterpolationError. When `profiles` is empty, COMPOSE_PROFILES from
-    `environ` applies, as in Compose. Raises ComposeError for invalid files
+    `environ` applies, as in Compose. `project_dir` defaults to the first
+    file's folder, as in Compose. `warn_unset=False` drops the WARNING per
+    unset variable, for a second load of files already reported on.
+    Raises ComposeError for invalid files
     and for a service that has `build:` but no `image:`.
     """
     if not files:
@@ -1073,11 +1172,13 @@ def load_project(
     paths = [Path(item) for item in files]
 
     evaluation = _Evaluation()
-    loader = _Loader(environ, evaluation)
+    project_dir = paths[0].parent if project_dir is None else project_dir
+    loader = _Loader(environ, evaluation, project_dir, paths)
     documents = [loader.load_file(path) for path in paths]
     if evaluation.missing:
         raise MissingVariablesError(evaluation.missing)
-    evaluation.log_unset()
+    if warn_unset:
+        evaluation.log_unset()
 
     merged = _strip_tags(_merge_documents(documents))
     files_text = ", ".join(str(path) for path in paths)
@@ -1108,4 +1209,8 @@ def load_project(
         volumes=[str(volume) for volume in volumes_data],
         files=list(loader.files),
         profiles=active,
+        env_files=list(loader.env_files),
+        compose_files=list(loader.compose_files),
+        project_dir=project_dir,
+        uses_include=any("include" in document for document in loader.documents.values()),
     )

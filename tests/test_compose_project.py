@@ -503,7 +503,9 @@ def test_include_uses_its_own_dotenv(tmp_path: Path) -> None:
 
     assert project.services["db"].image == "pg:16"
     assert set(project.services) == {"app", "db"}
-    assert project.files == [main, included]
+    # The included project's .env is read, so it is a file the project loads.
+    assert project.files == [main, tmp_path / "db" / ".env", included]
+    assert project.uses_include
 
 
 def test_include_conflicting_service_raises(tmp_path: Path) -> None:
