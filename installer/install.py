@@ -25,7 +25,7 @@ from pathlib import Path
 
 import docker
 
-from installer import dotenv, engine, images, policy, preflight, releases
+from installer import compose_files, dotenv, engine, images, policy, preflight, releases
 from installer.archive import BundleFacts, VerifiedBundle, open_bundle, read_bundle
 from installer.compose_cli import ComposeCommand, ServiceStatus, detect, wait_healthy
 from installer.constants import ENV_FILE, STATE_DIR
@@ -52,6 +52,7 @@ from installer.manifest import Manifest
 from installer.plan import Plan, make_plan
 from installer.preflight import DEFAULT_RESERVE_BYTES, Finding, FreeSpace
 from installer.progress import NullProgress, ProgressReporter
+from installer.pull_policy import ComposeRun, PullPolicyMode, prepare_run
 from installer.signing import TrustedKey
 from installer.state import InstallState, Release, load_state, save_state, write_atomic
 
@@ -122,6 +123,8 @@ class InstallOptions:
     host_record: Path | None = None
     # Filled in by policy.check_release for the audit record.
     audit_facts: BundleFacts = field(default_factory=BundleFacts, compare=False, repr=False)
+    # What to do about services whose pull_policy or build: would pull or build.
+    pull_policy: PullPolicyMode = PullPolicyMode.OVERRIDE
 
 
 @dataclass
@@ -168,6 +171,8 @@ class _Context:
     environ: Mapping[str, str]
     progress: ProgressReporter
     interrupts: Interrupts
+    # Set once the plan is made: the project's pull-policy decision.
+    compose_run: ComposeRun | None = None
 
 
 def _staging_dir(target: Path) -> Path:
@@ -397,6 +402,7 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
         preflight.raise_for_errors(findings)
         assert client is not None and compose_command is not None
         plan = make_plan(verified, target, state, same_release, environ, client)
+        context.compose_run = prepare_run(verified, plan.env_values, environ, options.pull_policy)
         findings += _preflight(options, target, plan, state, client, info)
         preflight.log_findings(findings)
         preflight.raise_for_errors(findings)
@@ -413,6 +419,7 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
                 f"{', '.join(missing)}",
                 hint="the bundle's image store does not match its manifest; rebuild the bundle",
             )
+        context.compose_run.check_images(client, compose_command, plan.service_images)
         _checkpoint(context, writer, IMAGES_LOADED)
 
         # 8. Release folders. A resumed run must not save the live .env as the
@@ -506,8 +513,7 @@ def _switch(
     target = context.target
     manifest = verified.manifest
     names = releases.compose_names(manifest)
-    for path, name in zip(manifest.compose_files, names, strict=True):
-        write_atomic(target / name, verified.staged(path).read_bytes())
+    compose_files.write_project_files(verified, target)
     _checkpoint(context, writer, COMPOSE_WRITTEN)
 
     env_path = target / ENV_FILE
@@ -520,6 +526,8 @@ def _switch(
 
     files = releases.compose_files(target, names)
     files += images.write_image_override(target, manifest, plan.service_images)
+    assert context.compose_run is not None  # set in step 5
+    files += context.compose_run.write_override(target)
     compose_command.up(target, files, plan.project_name)
     _checkpoint(context, writer, STARTED)
 

@@ -31,8 +31,7 @@ import yaml
 from installer import compose, engine
 from installer.archive import VerifiedBundle
 from installer.compose_cli import ComposeCommand
-from installer.compose_files import write_project_files
-from installer.constants import COMPOSE_DIR, ENV_FILE
+from installer.constants import COMPOSE_DIR, ENV_FILE, STATE_DIR
 from installer.errors import ComposeUnavailableError, InstallError, InterpolationError
 from installer.manifest import PullingService
 from installer.state import write_atomic
@@ -49,9 +48,9 @@ __all__ = [
     "pulling_services",
 ]
 
-# Written into the target next to the compose files and added last to the
-# `-f` list when a service's pull policy is overridden.
-OVERRIDE_FILE = "airlock-pull-policy.override.yml"
+# Written into TARGET/.airlock/ and added to the `-f` list when a service's
+# pull policy is overridden.
+OVERRIDE_FILE = "pull-policy.override.yml"
 
 # Compose Specification, services.pull_policy: these pull whatever is local.
 _ALWAYS_PULLING = frozenset({"always", "daily", "weekly"})
@@ -179,22 +178,22 @@ class ComposeRun:
                 "(airlock-bundle build --platform), or fix their `platform:`",
             )
 
-    def write_files(self, verified: VerifiedBundle, target: Path) -> list[Path]:
-        """Write the project's files into `target` and return the `-f` list for `up`.
+    def write_override(self, target: Path) -> list[Path]:
+        """Write TARGET/.airlock/OVERRIDE_FILE when needed; return it in a list for `-f`.
 
-        With an override the list ends with OVERRIDE_FILE; without one a
-        stale OVERRIDE_FILE from an earlier install is removed.
+        Without an override the list is empty, and a file an earlier
+        install left is removed.
         """
-        files = write_project_files(verified, target)
-        override_path = target / OVERRIDE_FILE
-        if self.override:
-            text = override_text([service.service for service in self.pulling])
-            write_atomic(override_path, text.encode("utf-8"))
-            files.append(override_path)
-        elif override_path.exists():
-            override_path.unlink()
-            logger.info("removed %s: no service needs it any more", override_path)
-        return files
+        path = target / STATE_DIR / OVERRIDE_FILE
+        if not self.override:
+            if path.exists():
+                path.unlink()
+                logger.info("removed %s: no service needs it any more", path)
+            return []
+        text = override_text([service.service for service in self.pulling])
+        write_atomic(path, text.encode("utf-8"))
+        logger.info("compose override %s sets pull_policy: never", path)
+        return [path]
 
 
 def prepare_run(
@@ -250,5 +249,4 @@ def prepare_run(
             hint="install with --pull-policy override to run them with pull_policy: never, "
             "or rebuild the bundle without those settings",
         )
-    logger.info("compose runs with %s added to its files", OVERRIDE_FILE)
     return run
