@@ -15,6 +15,7 @@ from installer.compose_cli import service_status
 from installer.inspect import describe_bundle, format_description
 from installer.install import DEFAULT_HEALTH_TIMEOUT, InstallOptions, InstallResult, install
 from installer.progress import make_reporter
+from installer.pull_policy import PullPolicyMode
 from installer.signing import load_trusted_keys
 from installer.state import load_state
 
@@ -134,6 +135,14 @@ def _print_install(result: InstallResult) -> None:
     "--allow-downgrade", is_flag=True, help="Install a bundle older than the one installed."
 )
 @click.option("--dry-run", is_flag=True, help="Verify and check, but change nothing.")
+@click.option(
+    "--pull-policy",
+    type=click.Choice([mode.value for mode in PullPolicyMode]),
+    default=PullPolicyMode.OVERRIDE.value,
+    show_default=True,
+    help="For services whose pull_policy or build: would make Compose contact a registry: "
+    "run them with pull_policy: never (override), or stop before starting anything (stop).",
+)
 @report_errors
 def install_command(
     bundle: Path,
@@ -143,6 +152,7 @@ def install_command(
     timeout: float,
     allow_downgrade: bool,
     dry_run: bool,
+    pull_policy: str,
 ) -> None:
     """Verify BUNDLE and install it into --target, then wait for health."""
     options = InstallOptions(
@@ -152,6 +162,7 @@ def install_command(
         health_timeout=timeout,
         allow_downgrade=allow_downgrade,
         dry_run=dry_run,
+        pull_policy=PullPolicyMode(pull_policy),
     )
     _print_install(install(options, progress=make_reporter()))
 
