@@ -211,5 +211,5 @@ def facts_record(
         error_message=error_message,
         flags=dict(flags or {}),
         target=None if target is None else str(target),
-        bundle_file=None if bundle_file is None else str(bundle_file),
+        bundle_file=None if bundle_file is None else str(bundle_file.absolute()),
     )

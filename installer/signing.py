@@ -171,10 +171,14 @@ def check_signer_scope(
             ),
         )
     raise SignatureError(
-        f"bundle {bundle_name} has {len(allowed)} valid signatures by keys trusted for it, "
+        f"bundle {bundle_name} has {_signatures(len(allowed))} by keys trusted for it, "
         f"{threshold} required",
         hint="ask the publisher to sign the bundle with more trusted keys, or lower --threshold",
     )
+
+
+def _signatures(count: int) -> str:
+    return "1 valid signature" if count == 1 else f"{count} valid signatures"
 
 
 def _too_few_signers(
@@ -200,6 +204,6 @@ def _too_few_signers(
             f"bundle is signed by key id {found}, not in the trusted keys", hint=_ADD_KEY_HINT
         )
     return SignatureError(
-        f"bundle has {len(signers)} valid signatures by trusted keys, {threshold} required",
+        f"bundle has {_signatures(len(signers))} by trusted keys, {threshold} required",
         hint="ask the publisher to sign the bundle with more trusted keys, or lower --threshold",
     )
