@@ -402,7 +402,9 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
         preflight.raise_for_errors(findings)
         assert client is not None and compose_command is not None
         plan = make_plan(verified, target, state, same_release, environ, client)
-        context.compose_run = prepare_run(verified, plan.env_values, environ, options.pull_policy)
+        context.compose_run = prepare_run(
+            verified, plan.env_values, environ, options.pull_policy, compose_command
+        )
         findings += _preflight(options, target, plan, state, client, info)
         preflight.log_findings(findings)
         preflight.raise_for_errors(findings)

@@ -44,6 +44,7 @@ __all__ = [
     "PullPolicyMode",
     "normalise_platform",
     "override_text",
+    "check_compose",
     "prepare_run",
     "pulling_services",
 ]
@@ -149,17 +150,11 @@ class ComposeRun:
     ) -> None:
         """Check, before `up`, that Compose can run the project from the loaded images.
 
-        Raises ComposeUnavailableError when the project uses `include` and
-        Compose is v1, which rejects it, and InstallError naming every
+        Raises what `check_compose` raises, and InstallError naming every
         service whose loaded image has another platform than the service
         (its `platform:`, else the bundle's) needs.
         """
-        if self.project.uses_include and not command.is_v2:
-            raise ComposeUnavailableError(
-                f"the compose files use `include`, which docker-compose {command.version} rejects",
-                hint="install the Compose v2 plugin (`docker compose`) and install again",
-            )
-
+        check_compose(self.project, command)
         wrong = []
         for service in self.project.active_services():
             tag = service_images.get(service.name)
@@ -196,17 +191,33 @@ class ComposeRun:
         return [path]
 
 
+def check_compose(project: compose.ComposeProject, command: ComposeCommand) -> None:
+    """Raise ComposeUnavailableError when `command` cannot read the project's files.
+
+    docker-compose 1.29 rejects a top-level `include` ("'include' does not
+    match any of the regexes: '^x-'"), which Compose v2.20 introduced.
+    """
+    if project.uses_include and not command.is_v2:
+        raise ComposeUnavailableError(
+            f"the compose files use `include`, which docker-compose {command.version} rejects",
+            hint="install the Compose v2 plugin (`docker compose`, 2.20 or later) "
+            "and install again",
+        )
+
+
 def prepare_run(
     verified: VerifiedBundle,
     env_values: Mapping[str, str],
     environ: Mapping[str, str],
     mode: PullPolicyMode | str = PullPolicyMode.OVERRIDE,
+    command: ComposeCommand | None = None,
 ) -> ComposeRun:
     """Load the staged project and decide what to do about services that would pull.
 
     Logs a WARNING naming each such service (found in the compose files or
-    recorded by the bundler). Raises InstallError in `stop` mode, before
-    anything outside the staging folder has changed.
+    recorded by the bundler). Raises InstallError in `stop` mode, and what
+    `check_compose` raises when `command` is given, before anything outside
+    the staging folder has changed.
     """
     mode = PullPolicyMode(mode)
     manifest = verified.manifest
@@ -232,6 +243,8 @@ def prepare_run(
             found.setdefault(recorded.service, recorded)
     pulling = tuple(found[name] for name in sorted(found))
 
+    if command is not None:
+        check_compose(project, command)
     run = ComposeRun(project, pulling, mode, manifest.platform)
     if not pulling:
         return run
