@@ -16,7 +16,7 @@ import yaml
 from bundler import __version__
 from bundler.archive import checksums_member, file_member, write_archive
 from bundler.chart import chart_images, package_chart
-from bundler.image_store import STORE_DIR, StoredImage, StoreSummary, check_loadable, write_store
+from bundler.image_store import STORE_DIR, StoredImage, StoreSummary, write_store
 from bundler.keys import load_private_key, sign
 from bundler.registry import RegistryClient, ResolvedImage
 from bundler.spec import BundleSpec, check_min_docker_version, load_spec
@@ -307,16 +307,15 @@ def _build(
     chart = package_chart(spec, root, mtime=epoch)
     client = client or RegistryClient(options.mirrors)
     resolved = resolve_images(client, uses, platform)
-    # Before any layer is downloaded: every layer must load on the oldest engine.
-    for image in resolved:
-        check_loadable(image, min_docker_version)
 
     staged_compose = _stage_compose(spec, root, interpolation_env, required)
     stored = [
         StoredImage(image, load_tag(use.reference))
         for use, image in zip(uses, resolved, strict=True)
     ]
-    summary: StoreSummary = write_store(root, stored, client, progress=progress)
+    summary: StoreSummary = write_store(
+        root, stored, client, progress=progress, min_docker_version=min_docker_version
+    )
 
     payload_paths = sorted(
         str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()

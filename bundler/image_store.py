@@ -6,6 +6,12 @@ and `images/oci-layout` make the folder an OCI image layout
 (image-spec v1.1, image-layout.md); `images/manifest.json` lists each image's
 config, layers and tag the way `docker load` expects (Docker Engine 20.10
 cannot load an OCI layout alone, and accepts gzip layers from the list).
+
+The manifest each image was pulled with is stored byte for byte, so its
+registry digest stays valid. For a Docker schema-2 image the store also
+holds the same image as an OCI manifest, and `index.json` names that one,
+because skopeo (containers/image 5.x) skips index entries of Docker
+media types when it looks up a reference in an OCI layout.
 """
 
 from __future__ import annotations
@@ -18,13 +24,17 @@ from pathlib import Path
 
 from bundler.registry import RegistryClient, ResolvedImage
 from installer.constants import (
+    DOCKER_CONFIG,
     DOCKER_LAYER_GZIP,
+    DOCKER_MANIFEST,
+    OCI_CONFIG,
     OCI_INDEX,
     OCI_LAYER_GZIP,
     OCI_LAYER_TAR,
     OCI_LAYER_ZSTD,
     OCI_LAYOUT_FILE,
     OCI_LAYOUT_VERSION,
+    OCI_MANIFEST,
     OCI_REF_NAME_ANNOTATION,
 )
 from installer.errors import RegistryError
@@ -102,6 +112,36 @@ def check_loadable(
         )
 
 
+_OCI_EQUIVALENT = {DOCKER_CONFIG: OCI_CONFIG, DOCKER_LAYER_GZIP: OCI_LAYER_GZIP}
+
+
+def oci_manifest(image: ResolvedImage) -> bytes | None:
+    """Return an OCI image manifest for a Docker schema-2 image, or None for an OCI one.
+
+    It names the same config and layer blobs with their OCI media types
+    (image-spec media-types.md lists them as compatible), in canonical JSON,
+    so the same image always gives the same bytes.
+    """
+    if image.manifest_media_type != DOCKER_MANIFEST:
+        return None
+
+    def descriptor(media_type: str, digest: str, size: int) -> dict[str, object]:
+        return {
+            "mediaType": _OCI_EQUIVALENT.get(media_type, media_type),
+            "digest": digest,
+            "size": size,
+        }
+
+    return canonical_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor(image.config.media_type, image.config.digest, image.config.size),
+            "layers": [descriptor(x.media_type, x.digest, x.size) for x in image.layers],
+        }
+    )
+
+
 def _write_bytes(path: Path, data: bytes, digest: str) -> None:
     found = "sha256:" + hashlib.sha256(data).hexdigest()
     if found != digest:
@@ -116,8 +156,13 @@ def write_store(
     client: RegistryClient,
     *,
     progress: ProgressReporter | None = None,
+    min_docker_version: str = DEFAULT_MIN_DOCKER_VERSION,
 ) -> StoreSummary:
-    """Write the image store below `root/images`, downloading each layer once."""
+    """Write the image store below `root/images`, downloading each layer once.
+
+    Raises RegistryError before any download when a layer cannot load on
+    Docker Engine `min_docker_version`.
+    """
     progress = progress or NullProgress()
     store = root / STORE_DIR
     (store / BLOBS_DIR).mkdir(parents=True, exist_ok=True)
@@ -126,14 +171,19 @@ def write_store(
     layer_bytes_stored = 0
     pending: dict[str, tuple[StoredImage, int]] = {}
     for stored in images:
+        check_loadable(stored.image, min_docker_version)
+    for stored in images:
         image = stored.image
-        check_loadable(image)
         _write_bytes(
             store / blob_path(image.manifest_digest), image.manifest_bytes, image.manifest_digest
         )
         _write_bytes(
             store / blob_path(image.config.digest), image.config_bytes, image.config.digest
         )
+        converted = oci_manifest(image)
+        if converted is not None:
+            digest = "sha256:" + hashlib.sha256(converted).hexdigest()
+            _write_bytes(store / blob_path(digest), converted, digest)
         for layer in image.layers:
             layer_bytes += layer.size
             if layer.digest not in pending:
@@ -169,7 +219,13 @@ def _check_complete(store: Path, images: Sequence[StoredImage]) -> None:
     """Fail when a blob an index names is missing from the store."""
     for stored in images:
         image = stored.image
+        converted = oci_manifest(image)
+        if converted is not None:
+            extra = ["sha256:" + hashlib.sha256(converted).hexdigest()]
+        else:
+            extra = []
         for digest in (
+            *extra,
             image.manifest_digest,
             image.config.digest,
             *(layer.digest for layer in image.layers),
@@ -185,18 +241,24 @@ def _write_indexes(store: Path, images: Sequence[StoredImage]) -> None:
     """Write `oci-layout`, `index.json` and the docker-archive `manifest.json`."""
     index_entries = []
     archive_entries = []
+    seen: set[str] = set()
     for stored in images:
         image = stored.image
+        # Two references to one digest (`a@sha256:x`, `a:1@sha256:x`) share a load tag.
+        if stored.load_tag in seen:
+            continue
+        seen.add(stored.load_tag)
         os_name, _, rest = image.platform.partition("/")
         architecture, _, variant = rest.partition("/")
         platform = {"os": os_name, "architecture": architecture}
         if variant:
             platform["variant"] = variant
+        manifest_bytes = oci_manifest(image) or image.manifest_bytes
         index_entries.append(
             {
-                "mediaType": image.manifest_media_type,
-                "digest": image.manifest_digest,
-                "size": len(image.manifest_bytes),
+                "mediaType": OCI_MANIFEST,
+                "digest": "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(),
+                "size": len(manifest_bytes),
                 "platform": platform,
                 "annotations": {
                     # containerd's `ctr import` names images from this key.
