@@ -444,3 +444,15 @@ def doctor(
         findings += check_services(client, project_name)
     findings += check_endpoints(values)
     return findings
+
+
+_SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B?)?", re.IGNORECASE)
+_SIZE_FACTORS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte count such as `512M`, `1G` or `1GiB` (binary units) into bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise UsageError(f"invalid size {text!r}; use a number of bytes or a suffix K, M, G or T")
+    return int(match.group(1)) * _SIZE_FACTORS[match.group(2).upper()]
