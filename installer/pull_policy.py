@@ -11,10 +11,11 @@ Compose would otherwise start a wrong-architecture image or try to pull
 the right one.
 
 Measured with docker-compose 1.29.2 (Debian 12): v1 accepts `pull_policy`
-in a file but never acts on it. `config` drops it, `up` with the image
-present does not pull even with `always`, and `up` with the image absent
-pulls even with `never`. Under v1 the override file is harmless and only
-the installer's own presence check keeps `up` from pulling.
+in a file but never acts on it. `up` with the image present does not pull
+even with `always`, and `up` with the image absent pulls even with
+`never`; `config` prints the key for one file and drops it when it merges
+several `-f` files. Under v1 the override file is harmless and only the
+installer's own presence check keeps `up` from pulling.
 """
 
 from __future__ import annotations
