@@ -71,7 +71,7 @@ def error_line(stderr: str) -> str:
     ],
 )
 def test_pulling_services_by_setting(tmp_path: Path, settings: str, pulls: bool) -> None:
-    extra = yaml.safe_load(settings) if settings.startswith("{") else yaml.safe_load(settings)
+    extra = yaml.safe_load(settings)
     service = {"image": IMAGE, **extra}
     path = write(tmp_path, "compose.yml", yaml.safe_dump({"services": {"app": service}}))
     project = compose.load_project([path], {})
