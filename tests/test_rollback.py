@@ -39,7 +39,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bundles(standins: dict[str, str], keys: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("bundles")
-    return {release.version: build_release(release, folder, keys) for release in (V1, V2, V3_BROKEN)}
+    return {
+        release.version: build_release(release, folder, keys) for release in (V1, V2, V3_BROKEN)
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -203,7 +205,9 @@ def test_ctrl_c_during_health_wait_rolls_back(
     assert process.returncode == 1, stdout + stderr
     error_line = next(line for line in stderr.splitlines() if line.startswith("error: "))
     assert error_line == "error: upgrade-test 3.0 (sequence 3) failed: interrupted (Ctrl-C)"
-    assert "rolled back: the previous release 1.0 (sequence 1) is running and healthy again" in stderr
+    assert (
+        "rolled back: the previous release 1.0 (sequence 1) is running and healthy again" in stderr
+    )
     assert (target / ".env").read_bytes() == env_v1
     assert containers(docker_client, compose_project_name)["db"] == ("running", "healthy")
     assert not journal.exists()
