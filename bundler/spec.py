@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import yaml
 
 import schemas
 from installer.errors import SpecError
-from installer.manifest import DEFAULT_MIN_DOCKER_VERSION, GeneratedSecret, engine_version
+from installer.manifest import DEFAULT_MIN_DOCKER_VERSION, GeneratedSecret
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ MAX_COMPOSE_DOWNLOAD_BYTES = 16 * 1024 * 1024
 # Seconds to wait for a compose file server to connect or send the next bytes.
 DOWNLOAD_TIMEOUT = 60
 _CHUNK_SIZE = 64 * 1024
+_MAJOR_MINOR = re.compile(r"[0-9]+\.[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -151,13 +153,7 @@ def load_spec(path: Path, *, download_dir: Path | None = None) -> BundleSpec:
 
 def check_min_docker_version(text: str) -> str:
     """Return `text` when it is a MAJOR.MINOR engine version, else raise SpecError."""
-    try:
-        major, minor = engine_version(text)
-    except ValueError as err:
-        raise SpecError(
-            f"minimum Docker version {text!r} is invalid", hint="give MAJOR.MINOR, e.g. 20.10"
-        ) from err
-    if text != f"{major}.{minor}":
+    if _MAJOR_MINOR.fullmatch(text) is None:
         raise SpecError(
             f"minimum Docker version {text!r} is invalid", hint="give MAJOR.MINOR, e.g. 20.10"
         )
@@ -227,7 +223,10 @@ def download_compose_file(url: str, sha256: str, target: Path) -> None:
                 out.write(chunk)
     except (urllib.error.URLError, OSError) as err:
         partial.unlink(missing_ok=True)
-        reason = getattr(err, "reason", None) or err
+        if isinstance(err, urllib.error.HTTPError):
+            reason: object = f"HTTP {err.code} {err.reason}"
+        else:
+            reason = getattr(err, "reason", None) or err
         raise SpecError(
             f"download of compose file {url} failed: {reason}",
             hint="check the URL and the network, then build again",
