@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bundler import __version__
 from bundler.archive import checksums_member, file_member, write_archive
@@ -22,11 +23,20 @@ from bundler.registry import RegistryClient, ResolvedImage
 from bundler.spec import BundleSpec, check_min_docker_version, load_spec
 from bundler.split import SplitResult, split_bundle
 from installer import compose, compose_files, pull_policy, reference, variable_sources
+from installer.archive import verify_file
 from installer.constants import COMPOSE_DIR
-from installer.errors import ComposeError, InterpolationError, RegistryError, SpecError
+from installer.errors import (
+    AirlockError,
+    BundleRejectedError,
+    ComposeError,
+    InterpolationError,
+    RegistryError,
+    SpecError,
+)
 from installer.manifest import Descriptor as ManifestDescriptor
 from installer.manifest import ImageRecord, Manifest, Member, PullingService
 from installer.progress import NullProgress, ProgressReporter
+from installer.signing import TrustedKey, key_id
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +260,28 @@ def _media_type(path: str) -> str:
     return "application/octet-stream"
 
 
+def _check_written(output: Path, keys: Sequence[Ed25519PrivateKey]) -> None:
+    """Read the written bundle back as the installer will, removing it when it fails.
+
+    This catches a disk that corrupted the write and any disagreement
+    between this writer and the installer's reader, at the cost of reading
+    the bundle once more.
+    """
+    trusted = [
+        TrustedKey(key_id(key.public_key()), "signing key of this build", key.public_key())
+        for key in keys
+    ]
+    try:
+        verify_file(output, trusted, threshold=len(trusted))
+    except BundleRejectedError as err:
+        output.unlink(missing_ok=True)
+        raise AirlockError(
+            f"the bundle just written to {output} does not verify: {err.message}",
+            hint="check the disk the output folder is on, then build again",
+        ) from err
+    logger.debug("read %s back: signature and every member verified", output)
+
+
 def build(
     options: BuildOptions,
     *,
@@ -264,7 +296,8 @@ def build(
     3. Interpolate the compose files and collect every image.
     4. Resolve every image in its registry (or mirror) for the platform.
     5. Stage the compose files and the image store in a temporary folder.
-    6. Record every member in the manifest, sign it, write the archive.
+    6. Record every member in the manifest, sign it, write the archive,
+       and read it back as the installer does.
     7. Split the archive into parts when asked.
     """
     environ = os.environ if environ is None else environ
@@ -370,6 +403,7 @@ def _build(
     manifest_bytes = manifest.to_bytes()
     signatures = dict(sign(key, manifest_bytes) for key in keys)
     write_archive(options.output, manifest_bytes, signatures, root, members, mtime=epoch)
+    _check_written(options.output, keys)
 
     logger.debug("wrote %s (%d images, %d members)", options.output, len(records), len(members))
     return BuildResult(options.output, manifest, tuple(required), options.output.stat().st_size)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from installer import manifest as manifest_module
+from installer import parts
 from installer.archive import check_member_path, open_bundle
 from installer.constants import MANIFEST_PATH, MAX_MANIFEST_BYTES, SIGNATURE_SUFFIX, SIGNATURES_DIR
 from installer.errors import UnsafeMemberError
@@ -38,6 +39,9 @@ def describe_bundle(path: Path) -> dict[str, Any]:
 
     manifest = manifest_module.parse(raw)
     payload = sum(member.size for member in manifest.members)
+    index_path = parts.index_path_for(path)
+    split = index_path is not None and index_path.is_file()
+    part_count = len(parts.load_index(index_path).parts) if split and index_path else None
     return {
         "bundle": str(path),
         "verified": False,
@@ -48,6 +52,7 @@ def describe_bundle(path: Path) -> dict[str, Any]:
         "expires": manifest.expires,
         "builder": manifest.builder,
         "platform": manifest.platform,
+        "min_docker_version": manifest.min_docker_version,
         "signed_by": signers,
         "compose_files": list(manifest.compose_files),
         "project_name": manifest.project_name,
@@ -59,7 +64,9 @@ def describe_bundle(path: Path) -> dict[str, Any]:
                 "reference": image.reference,
                 "platform": image.platform,
                 "manifest_digest": image.manifest_digest,
+                "load_tag": image.load_tag,
                 "size": image.config.size + sum(layer.size for layer in image.layers),
+                "layer_media_types": sorted({layer.media_type for layer in image.layers}),
                 "services": list(image.services),
             }
             for image in manifest.images
@@ -70,7 +77,8 @@ def describe_bundle(path: Path) -> dict[str, Any]:
         "payload_bytes": payload,
         "layer_bytes": manifest.layer_bytes,
         "layer_bytes_stored": manifest.layer_bytes_stored,
-        "file_bytes": path.stat().st_size,
+        "file_bytes": parts.bundle_size(path),
+        "parts": part_count,
     }
 
 
@@ -78,7 +86,7 @@ def format_description(d: dict[str, Any]) -> str:
     """Render `describe_bundle`'s result for people."""
     lines = [
         f"{d['name']} {d['version']} (sequence {d['sequence']}), built {d['created']} by {d['builder']}",
-        f"platform: {d['platform']}",
+        f"platform: {d['platform']}, needs Docker Engine {d['min_docker_version']} or newer",
         "signed by key ids (not verified here; run verify): "
         + (", ".join(d["signed_by"]) or "none"),
         f"compose files: {', '.join(d['compose_files'])} (project {d['project_name']})",
@@ -98,8 +106,9 @@ def format_description(d: dict[str, Any]) -> str:
     if d["env_required"]:
         lines.append(f"  .env needs from the operator: {', '.join(d['env_required'])}")
     saved = d["layer_bytes"] - d["layer_bytes_stored"]
+    split = f" in {d['parts']} parts" if d["parts"] else ""
     lines.append(
-        f"size: {format_amount(d['file_bytes'], 'B')} on disk; layers "
+        f"size: {format_amount(d['file_bytes'], 'B')} on disk{split}; layers "
         f"{format_amount(d['layer_bytes'], 'B')}, {format_amount(d['layer_bytes_stored'], 'B')} "
         f"stored ({format_amount(saved, 'B')} saved by storing shared layers once)"
     )

@@ -22,15 +22,23 @@ import docker
 import docker.errors
 import pytest
 
+from bundler import build as build_module
 from bundler.build import BuildOptions, build, load_tag
 from bundler.image_store import STORE_DIR
 from installer import engine, images, reference
 from installer._tarstream import iter_tar
 from installer.constants import DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST
-from installer.errors import EnvironmentNotReadyError, ManifestError, RegistryError
+from installer.errors import AirlockError, EnvironmentNotReadyError, ManifestError, RegistryError
 from installer.manifest import Manifest, canonical_json, parse
 from tests.bundle_factory import make_manifest
-from tests.format_helpers import make_keys, run_cli, tar_names, write_spec
+from tests.format_helpers import (
+    flip_byte,
+    make_keys,
+    member_offset,
+    run_cli,
+    tar_names,
+    write_spec,
+)
 from tests.registry_push import (
     PushedImage,
     push_blob,
@@ -610,3 +618,31 @@ def test_inspect_text_shows_sizes_and_signers(authentik_bundle: Path) -> None:
     assert "  .env sets AUTHENTIK_TAG=2026.2.2" in lines
     assert lines[-1].startswith("size: ")
     assert "saved by storing shared layers once" in lines[-1]
+
+
+def test_build_removes_bundle_that_does_not_read_back(
+    shared_images: tuple[PushedImage, PushedImage],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A disk that corrupts the write is simulated by flipping a byte after writing."""
+    first, _ = shared_images
+    key = make_keys(tmp_path / "keys")
+    spec = write_spec(tmp_path / "spec", {"first": first.by_tag})
+    output = tmp_path / "bad.airlock"
+    real_write = build_module.write_archive
+
+    def corrupting_write(path: Path, *args: object, **kwargs: object) -> None:
+        real_write(path, *args, **kwargs)  # type: ignore[arg-type]
+        flip_byte(path, member_offset(path, "compose/compose.yml"))
+
+    monkeypatch.setattr(build_module, "write_archive", corrupting_write)
+
+    with pytest.raises(AirlockError) as raised:
+        build(BuildOptions(spec, (key.private_path,), output), environ={})
+
+    assert raised.value.message.startswith(
+        f"the bundle just written to {output} does not verify: member compose/compose.yml "
+        "has sha256 "
+    )
+    assert not output.exists()
