@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from bundler.build import _stage_compose, operator_variables
+from bundler.spec import load_spec
 from installer import dotenv
 from installer.compose import (
     MissingVariablesError,
@@ -22,6 +24,7 @@ from installer.compose import (
     variable_uses,
 )
 from installer.errors import ComposeError, InterpolationError
+from installer.variable_sources import describe_sources
 
 DATA = Path(__file__).parent / "data" / "compose"
 AUTHENTIK_2026 = DATA / "authentik-2026.2" / "compose.yml"
@@ -803,3 +806,82 @@ def test_nested_default_differs_from_compose_v1(tmp_path: Path) -> None:
 
     assert v1_image != "registry.example:5000/demo/db:16"
     assert project.services["db"].image == "registry.example:5000/demo/db:16"
+
+
+# Where each variable's value comes from
+
+SOURCES_COMPOSE = """\
+services:
+  app:
+    image: ${REGISTRY:-docker.io}/library/postgres:${APP_TAG}
+    environment:
+      SECRET_KEY: ${SECRET_KEY}
+      DB_PASS: ${DB_PASS:?database password required}
+      MODE: ${MODE:-production}
+      EXTRA: ${UNSET_VAR}
+"""
+
+
+def test_describe_sources_names_each_source_and_hides_secrets(tmp_path: Path) -> None:
+    document = yaml.safe_load(SOURCES_COMPOSE)
+    uses = variable_uses(document, source="compose.yml")
+
+    sources = describe_sources(
+        uses, env_set={"APP_TAG": "16-alpine"}, generated=["SECRET_KEY"], required=["DB_PASS"]
+    )
+
+    assert [source.describe() for source in sources] == [
+        'APP_TAG: spec env.set = "16-alpine" (compose.yml: services.app.image)',
+        "DB_PASS: operator-provided (required) (compose.yml: services.app.environment.DB_PASS)",
+        'MODE: compose file default = "production" (compose.yml: services.app.environment.MODE)',
+        'REGISTRY: compose file default = "docker.io" (compose.yml: services.app.image)',
+        "SECRET_KEY: generated secret (compose.yml: services.app.environment.SECRET_KEY)",
+        "UNSET_VAR: unset (empty string) (compose.yml: services.app.environment.EXTRA)",
+    ]
+
+
+def test_describe_sources_hides_values_from_operator_dotenv() -> None:
+
+    uses = variable_uses(yaml.safe_load(SOURCES_COMPOSE), source="compose.yml")
+
+    sources = describe_sources(
+        uses, env_set={}, generated=[], dotenv_values={"MODE": "debug", "DB_PASS": "hunter2"}
+    )
+
+    by_name = {source.name: source for source in sources}
+    assert by_name["MODE"].describe() == (
+        "MODE: operator's .env (compose.yml: services.app.environment.MODE)"
+    )
+    assert by_name["DB_PASS"].shown_value is None
+
+
+def test_build_logs_variable_sources_without_secrets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+
+    write(tmp_path, "compose.yml", SOURCES_COMPOSE)
+    spec_path = write(
+        tmp_path,
+        "bundle.yaml",
+        "name: sources\nversion: '1'\nsequence: 1\ncompose:\n  files: [compose.yml]\n"
+        "env:\n  set:\n    APP_TAG: 16-alpine\n  generate: [SECRET_KEY]\n",
+    )
+    spec = load_spec(spec_path)
+    required, environ = operator_variables(spec)
+
+    with caplog.at_level(logging.INFO, logger="bundler.build"):
+        staged = _stage_compose(spec, tmp_path / "payload", environ, required)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert staged.paths == ["compose/compose.yml"]
+    assert [m for m in messages if m.startswith("variable ")] == [
+        'variable APP_TAG: spec env.set = "16-alpine" (compose.yml: services.app.image)',
+        "variable DB_PASS: operator-provided (required) "
+        "(compose.yml: services.app.environment.DB_PASS)",
+        'variable MODE: compose file default = "production" '
+        "(compose.yml: services.app.environment.MODE)",
+        'variable REGISTRY: compose file default = "docker.io" (compose.yml: services.app.image)',
+        "variable SECRET_KEY: generated secret (compose.yml: services.app.environment.SECRET_KEY)",
+        "variable UNSET_VAR: unset (empty string) (compose.yml: services.app.environment.EXTRA)",
+    ]
+    assert not any(environ["SECRET_KEY"] in message for message in messages)
