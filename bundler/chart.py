@@ -134,7 +134,7 @@ def _archive_chart(data: bytes, where: str) -> tuple[dict[str, Any], dict[str, b
                     raise SpecError(f"{where}: member {info.name} is not inside one chart folder")
                 top = top or parts[0]
                 if parts[0] != top:
-                    raise SpecError(f"{where}: holds more than one chart ({top}, {parts[0]})")
+                    raise SpecError(f"{where}: contains more than one chart ({top}, {parts[0]})")
                 handle = archive.extractfile(info)
                 assert handle is not None  # a regular file always has content
                 files["/".join(parts[1:])] = handle.read()

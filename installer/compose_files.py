@@ -1,4 +1,4 @@
-"""Where a compose project's files sit in a bundle and in the target folder.
+"""Member paths of a compose project's files in a bundle, and their paths in the target.
 
 The bundle carries every file the project loads (compose files given with
 `-f`, files reached through `include` and `extends.file`, and `env_file`
@@ -131,7 +131,7 @@ def carried_files(
 
     `project` must have been loaded with `spec_folder` as its project
     directory. A top-level file outside the spec folder (a downloaded one)
-    goes to `compose/` by its name; every other file keeps its path relative
+    goes to `compose/` by its name. Every other file keeps its path relative
     to the spec folder. The spec folder's `.env` is never carried, because
     the installer writes the target's own.
 

@@ -3,7 +3,7 @@
 A service with `pull_policy: always` (or `daily`, `weekly`, `every_…`,
 `build`), or with `build:` and the default policy `missing`, makes Compose
 v2 pull or build even when the image is loaded. The bundler records such
-services in the manifest; before the installer starts anything it either
+services in the manifest. Before the installer starts anything, it either
 stops or runs Compose with an extra file that sets `pull_policy: never` for
 them. After the images are loaded it checks each service's image platform
 against the service's `platform:` and the bundle's platform, because
@@ -61,7 +61,7 @@ _BUILD_IF_MISSING = frozenset({"missing", "if_not_present"})
 
 
 class PullPolicyMode(enum.StrEnum):
-    """What the installer does about a service that would pull or build."""
+    """The installer's action for a service that would pull or build."""
 
     OVERRIDE = "override"
     STOP = "stop"

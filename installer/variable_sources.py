@@ -1,4 +1,4 @@
-"""Where each variable a compose project interpolates gets its value.
+"""Sources of the values a compose project interpolates.
 
 `airlock-bundle build` logs one line per variable, and `airlock-install
 plan` can list the same. A value is shown only when it cannot be a secret:

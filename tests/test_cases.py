@@ -173,7 +173,7 @@ def test_a04_export_prefix_is_stripped_only_as_prefix() -> None:
     }
 
 
-def test_a04_merge_keeps_export_and_adds_plain_line_to_mixed_file() -> None:
+def test_a04_merge_keeps_export_prefix() -> None:
     text = "export COMPOSE_PROJECT_NAME=demo\nexport  APP_TAG=1.4.2\nexporter=prom\n"
     document = dotenv.DotenvFile.from_text(text)
 
@@ -185,7 +185,7 @@ def test_a04_merge_keeps_export_and_adds_plain_line_to_mixed_file() -> None:
     )
 
 
-def test_a04_new_line_copies_export_when_file_uses_it_throughout() -> None:
+def test_a04_new_line_copies_uniform_export() -> None:
     document = dotenv.DotenvFile.from_text("export A=1\nexport B=2\n")
 
     document.set("C", "3")
@@ -229,7 +229,7 @@ def test_a05_control_character_in_image_is_an_error(tmp_path: Path) -> None:
     )
 
 
-def test_a05_rewrite_uses_lf_without_bom_and_reports_it() -> None:
+def test_a05_rewrite_normalises_line_endings() -> None:
     document = dotenv.DotenvFile.from_text(A05_DOTENV.decode("utf-8"))
 
     document.set("EMPTY", "x")
@@ -262,7 +262,7 @@ def test_a07_every_missing_required_variable_is_listed(tmp_path: Path) -> None:
     ]
 
 
-def test_a07_two_missing_in_one_string_are_both_listed(tmp_path: Path) -> None:
+def test_a07_both_missing_in_one_string(tmp_path: Path) -> None:
     with pytest.raises(compose.MissingVariablesError) as caught:
         load(tmp_path, A07_COMPOSE, "APP_TAG=1.0\n")
 

@@ -110,7 +110,7 @@ def _extends_project(folder: Path) -> Path:
     return folder / "compose.yml"
 
 
-def test_carried_files_keep_layout_for_extends_and_env_files(tmp_path: Path) -> None:
+def test_carried_files_keep_layout(tmp_path: Path) -> None:
     top = _extends_project(tmp_path)
     (tmp_path / ".env").write_text("SECRET=not carried\n")
     project = compose.load_project([top], {}, project_dir=tmp_path)
@@ -142,7 +142,7 @@ def test_optional_env_file_absent_is_skipped(tmp_path: Path) -> None:
     ]
 
 
-def test_carried_files_skip_target_dotenv_named_as_env_file(tmp_path: Path) -> None:
+def test_carried_files_skip_target_dotenv(tmp_path: Path) -> None:
     top = write(
         tmp_path, "compose.yml", f"services:\n  a:\n    image: {IMAGE}\n    env_file: .env\n"
     )
@@ -304,7 +304,7 @@ def test_extends_project_bundles_installs_and_comes_up(
     assert "FROM_APP=yes" in environment
 
 
-def test_include_project_is_carried_and_stops_under_compose_v1(
+def test_include_project_stops_under_v1(
     standins: dict[str, str],
     keys: Path,
     tmp_path: Path,

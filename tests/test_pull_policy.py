@@ -154,7 +154,7 @@ def listener() -> Iterator[_Listener]:
     server.close()
 
 
-def test_compose_v1_pulls_absent_image_despite_pull_policy_never(
+def test_compose_v1_ignores_pull_policy_never(
     tmp_path: Path, listener: _Listener, compose_project_name: str
 ) -> None:
     """docker-compose 1.29.2 ignores pull_policy, so only a presence check prevents pulls."""
