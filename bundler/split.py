@@ -54,9 +54,9 @@ class SplitResult:
 def parse_size(text: str) -> int:
     """Parse a part size such as `4G`, `700M`, `300K` or `1048576` into bytes.
 
-    Units are binary (K = 1024). `4G` (4 GiB) means 4 GiB - 1 bytes, the
-    largest file FAT32 can store, because that is what anyone asking for
-    4G parts needs; every other size is taken as given.
+    Units are binary (K = 1024). `4G` means 4 GiB - 1 bytes, the largest
+    file FAT32 can store, because 4G parts are asked for to fit FAT32.
+    Every other size is taken as given.
     """
     match = _SIZE.match(text)
     if match is None:

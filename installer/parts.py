@@ -9,9 +9,10 @@ Ed25519 signature per signing key over its canonical `signed` object:
                 "part_size": ..., "parts": [{"name": ..., "size": ..., "sha256": ...}]},
      "signatures": {KEY_ID: BASE64_SIGNATURE}}
 
-The bundle's own manifest signature still covers every byte of content; the
-index lets a damaged copy be traced to the part that differs, and lets
-`verify --parts-only` check a medium without reading the bundle as a tar.
+The bundle's own manifest signature still covers every byte of content.
+The index adds two things: a damaged copy is traced to the part that
+differs, and `verify --parts-only` checks a medium without reading the
+bundle as a tar.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class PartsIndex:
 
 @dataclass(frozen=True)
 class PartsReport:
-    """What `check_parts` found: the index, its trusted signers, the parts checked."""
+    """The result of `check_parts`: the index, its trusted signers and the number of parts checked."""
 
     index: PartsIndex
     folder: Path
@@ -388,10 +389,10 @@ class PartsReader(io.RawIOBase):
             elif (
                 error is None and self._handle is not None and self._unread() <= tarfile.RECORDSIZE
             ):
-                # A tar reader stops at the end-of-archive marker and leaves at
-                # most one record of padding unread; hash it so the last part
-                # is checked too. A reader that stopped earlier (inspect) is
-                # left alone rather than made to read the whole bundle.
+                # A tar reader may stop at the end-of-archive marker, before
+                # the record padding. Hashing that short tail checks the last
+                # part too. A reader that stopped earlier, as inspect does, is
+                # not made to read the rest of the bundle.
                 _raise_problems(self.index, self._damaged_unread_parts())
         finally:
             self.close()

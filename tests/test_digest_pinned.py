@@ -32,7 +32,7 @@ from tests.registry_push import PushedImage, push_image
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="needs /bin/busybox (busybox-static)")
 
 SLEEP = {"Cmd": ["/bin/busybox", "sleep", "3600"]}
-# Seconds to wait for the throwaway registry to answer after it starts.
+# Seconds to wait for the throwaway registry to respond after it starts.
 REGISTRY_START_TIMEOUT = 20
 
 

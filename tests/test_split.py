@@ -336,3 +336,16 @@ def test_build_split_writes_parts_that_verify(registry: str, tmp_path: Path) -> 
     full = run_cli("airlock-install", "verify", str(first), "--key", str(keys.public_path))
     assert full.returncode == 0, full.stderr
     assert full.stdout.startswith("OK demo 1.0.0 (sequence 1): ")
+    target = tmp_path / "target"
+    dry_run = run_cli(
+        "airlock-install",
+        "install",
+        str(first),
+        "--target",
+        str(target),
+        "--key",
+        str(keys.public_path),
+        "--dry-run",
+    )
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "dry run: nothing changed" in dry_run.stdout
