@@ -205,6 +205,46 @@ def test_chart_packaging_is_byte_identical(authentik_chart: Path, tmp_path: Path
     assert first.sha256 == second.sha256
 
 
+def test_packaged_chart_is_carried_unchanged(authentik_chart: Path, tmp_path: Path) -> None:
+    """A spec may name a chart archive made by `helm package` instead of a folder."""
+    vendor_authentik_dependencies(authentik_chart)
+    folder_record = package_chart(
+        load_spec(make_spec(authentik_chart.parent, "authentik")), tmp_path / "one"
+    )
+    assert folder_record is not None
+    archive = tmp_path / "spec" / "authentik-2026.8.0.tgz"
+    shutil.copyfile(tmp_path / "one" / folder_record.path, archive)
+    spec = load_spec(make_spec(tmp_path / "spec", "authentik-2026.8.0.tgz"))
+
+    record = package_chart(spec, tmp_path / "two")
+
+    assert record == folder_record
+    assert (tmp_path / "two" / record.path).read_bytes() == archive.read_bytes()
+
+
+def test_packaged_chart_without_dependency_is_rejected(tmp_path: Path) -> None:
+    chart = chart_archive(
+        "demo",
+        "1.0.0",
+        {
+            "Chart.yaml": b"apiVersion: v2\nname: demo\nversion: 1.0.0\ndependencies:\n"
+            b"  - name: redis\n    version: 18.0.0\n    repository: https://charts.example.invalid\n"
+        },
+    )
+    archive = tmp_path / "spec" / "demo-1.0.0.tgz"
+    archive.parent.mkdir()
+    archive.write_bytes(chart)
+    spec = load_spec(make_spec(tmp_path / "spec", "demo-1.0.0.tgz"))
+
+    with pytest.raises(SpecError) as caught:
+        package_chart(spec, tmp_path / "out")
+
+    assert caught.value.message == (
+        f"{archive}: dependency redis 18.0.0 from https://charts.example.invalid is not "
+        "vendored (charts/redis-18.0.0.tgz not found)"
+    )
+
+
 def test_chart_lock_disagreeing_with_vendored_archive_is_rejected(
     authentik_chart: Path, tmp_path: Path
 ) -> None:
