@@ -384,7 +384,8 @@ def check_services(client: docker.DockerClient, project_name: str) -> list[Findi
     findings = []
     for status in statuses:
         if status.state != "running" or status.health not in (None, "healthy"):
-            health = f", {status.health}" if status.health else ""
+            # A stopped container keeps its last health status, which says nothing now.
+            health = f", {status.health}" if status.health and status.state == "running" else ""
             findings.append(
                 Finding(
                     "services",
