@@ -37,7 +37,7 @@ from installer.constants import (
     OCI_MANIFEST,
     OCI_REF_NAME_ANNOTATION,
 )
-from installer.errors import RegistryError
+from installer.errors import AirlockError, RegistryError
 from installer.manifest import (
     DEFAULT_MIN_DOCKER_VERSION,
     ZSTD_MIN_DOCKER_VERSION,
@@ -191,18 +191,31 @@ def write_store(
 
     total = sum(size for _, size in pending.values())
     progress.start(f"downloading {len(pending)} layers", total)
+    # Every layer is tried, so one run reports every layer that cannot be pulled.
+    failures: list[str] = []
     try:
         for digest, (stored, size) in sorted(pending.items()):
             target = store / blob_path(digest)
             descriptor = next(layer for layer in stored.image.layers if layer.digest == digest)
             partial = target.with_suffix(".partial")
-            with partial.open("wb") as out:
-                client.download_blob(stored.image, descriptor, out, progress=progress.advance)
+            try:
+                with partial.open("wb") as out:
+                    client.download_blob(stored.image, descriptor, out, progress=progress.advance)
+            except AirlockError as err:
+                partial.unlink(missing_ok=True)
+                logger.debug("layer %s of %s failed: %s", digest, stored.image.reference, err)
+                failures.append(str(err))
+                continue
             partial.rename(target)
             layer_bytes_stored += size
             logger.debug("layer %s stored (%d bytes)", digest, size)
     finally:
         progress.finish()
+    if failures:
+        raise RegistryError(
+            f"{len(failures)} of {len(pending)} layers could not be downloaded:\n  "
+            + "\n  ".join(failures)
+        )
 
     _write_indexes(store, images)
     _check_complete(store, images)

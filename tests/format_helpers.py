@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+import requests
 import yaml
 
 from bundler.keys import KeyPair, generate_key_pair
 
 BUSYBOX = Path("/bin/busybox")
+# Seconds to wait for a throwaway registry to respond after it starts.
+REGISTRY_START_TIMEOUT = 20
 # Seconds a CLI run may take; a build of the authentik stand-ins takes about one.
 CLI_TIMEOUT = 600
 
@@ -117,3 +123,52 @@ def member_offset(path: Path, name: str) -> int:
     """Return the file offset of member `name`'s first data byte."""
     with tarfile.open(path) as archive:
         return archive.getmember(name).offset_data
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ThrowawayRegistry:
+    """A Distribution registry on a free 127.0.0.1 port that the test can stop."""
+
+    def __init__(self, folder: Path) -> None:
+        self.address = f"127.0.0.1:{_free_port()}"
+        config = {
+            "version": 0.1,
+            "log": {"level": "error"},
+            "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
+            "http": {"addr": self.address},
+        }
+        config_path = folder / "config.yml"
+        config_path.write_text(yaml.safe_dump(config))
+        self.log = (folder / "registry.log").open("wb")
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config_path)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + REGISTRY_START_TIMEOUT
+        while True:
+            try:
+                if requests.get(f"http://{self.address}/v2/", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                pytest.fail(f"throwaway registry on {self.address} did not start")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log.close()

@@ -10,79 +10,31 @@ compose used the loaded images through the installer's override file.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import docker.errors
 import pytest
-import requests
 import yaml
 
 from installer.constants import STATE_DIR
 from installer.images import IMAGE_OVERRIDE_FILE, override_services, write_image_override
 from installer.manifest import Descriptor, ImageRecord
 from tests.bundle_factory import make_manifest
-from tests.format_helpers import BUSYBOX, make_keys, run_cli, runnable_layer, write_spec
+from tests.format_helpers import (
+    BUSYBOX,
+    ThrowawayRegistry,
+    make_keys,
+    run_cli,
+    runnable_layer,
+    write_spec,
+)
 from tests.registry_push import PushedImage, push_image
 
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="needs /bin/busybox (busybox-static)")
 
 SLEEP = {"Cmd": ["/bin/busybox", "sleep", "3600"]}
-# Seconds to wait for the throwaway registry to respond after it starts.
-REGISTRY_START_TIMEOUT = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ThrowawayRegistry:
-    """A Distribution registry on a free 127.0.0.1 port that the test can stop."""
-
-    def __init__(self, folder: Path) -> None:
-        self.address = f"127.0.0.1:{_free_port()}"
-        config = {
-            "version": 0.1,
-            "log": {"level": "error"},
-            "storage": {"filesystem": {"rootdirectory": str(folder / "data")}},
-            "http": {"addr": self.address},
-        }
-        config_path = folder / "config.yml"
-        config_path.write_text(yaml.safe_dump(config))
-        self.log = (folder / "registry.log").open("wb")
-        self.process = subprocess.Popen(
-            ["docker-registry", "serve", str(config_path)],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + REGISTRY_START_TIMEOUT
-        while True:
-            try:
-                if requests.get(f"http://{self.address}/v2/", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                pytest.fail(f"throwaway registry on {self.address} did not start")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self.log.close()
 
 
 @pytest.fixture

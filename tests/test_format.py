@@ -32,6 +32,7 @@ from installer.errors import AirlockError, EnvironmentNotReadyError, ManifestErr
 from installer.manifest import Manifest, canonical_json, parse
 from tests.bundle_factory import make_manifest
 from tests.format_helpers import (
+    ThrowawayRegistry,
     flip_byte,
     make_keys,
     member_offset,
@@ -646,3 +647,31 @@ def test_build_removes_bundle_that_does_not_read_back(
         "has sha256 "
     )
     assert not output.exists()
+
+
+def test_every_missing_layer_reported_in_one_run(tmp_path: Path) -> None:
+    """Layer files deleted from a throwaway registry's storage make their downloads fail."""
+    (tmp_path / "registry").mkdir()
+    server = ThrowawayRegistry(tmp_path / "registry")
+    try:
+        first = push_image(server.address, "demo/one", [tar_layer({"one.txt": b"1"})], tag="1")
+        second = push_image(server.address, "demo/two", [tar_layer({"two.txt": b"2"})], tag="1")
+        blobs = tmp_path / "registry" / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256"
+        for image in (first, second):
+            hexdigest = image.layers[0].digest.removeprefix("sha256:")
+            (blobs / hexdigest[:2] / hexdigest / "data").unlink()
+        key = make_keys(tmp_path / "keys")
+        spec = write_spec(tmp_path / "spec", {"one": first.by_tag, "two": second.by_tag})
+        output = tmp_path / "x.airlock"
+
+        with pytest.raises(RegistryError) as raised:
+            build(BuildOptions(spec, (key.private_path,), output), environ={})
+    finally:
+        server.stop()
+
+    lines = raised.value.message.splitlines()
+    assert lines[0] == "2 of 2 layers could not be downloaded:"
+    assert any(first.layers[0].digest in line for line in lines[1:])
+    assert any(second.layers[0].digest in line for line in lines[1:])
+    assert not output.exists()
+    assert list(tmp_path.glob("airlock-build-*")) == []
