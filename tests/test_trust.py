@@ -1,0 +1,375 @@
+"""The trust store: adding, listing and revoking keys, and which signatures count."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bundle_factory import COMPOSE_TEXT, make_manifest, trusted_key
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from bundler.archive import write_archive
+from bundler.keys import generate_key_pair, load_private_key, sign
+from installer.archive import verify_file
+from installer.errors import SignatureError, UsageError
+from installer.manifest import Member
+from installer.trust import TrustStore, load_keys, parse_bundle_names, resolve_store_path
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "installer.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> TrustStore:
+    return TrustStore(tmp_path / "trust")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    folder = tmp_path / "keys"
+    for name in ("old", "new", "stranger"):
+        generate_key_pair(folder, name)
+    return folder
+
+
+def write_signed(
+    folder: Path,
+    signers: list[Ed25519PrivateKey],
+    *,
+    name: str = "demo",
+    file_as: dict[int, str] | None = None,
+) -> Path:
+    """Write a one-file bundle signed by every key in `signers`.
+
+    `file_as` maps a signer's position to the key id its signature is filed
+    under, to forge a signature that claims another key.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = folder / "payload"
+    (payload / "compose").mkdir(parents=True, exist_ok=True)
+    (payload / "compose" / "compose.yml").write_bytes(COMPOSE_TEXT)
+    member = Member(
+        "compose/compose.yml",
+        len(COMPOSE_TEXT),
+        hashlib.sha256(COMPOSE_TEXT).hexdigest(),
+        "application/yaml",
+    )
+    manifest_bytes = make_manifest([member], name=name).to_bytes()
+    signatures = {}
+    for position, private in enumerate(signers):
+        signer_id, signature = sign(private, manifest_bytes)
+        signatures[(file_as or {}).get(position, signer_id)] = signature
+    output = folder / "bundle.airlock"
+    write_archive(output, manifest_bytes, signatures, payload, [member], mtime=0)
+    return output
+
+
+def _bundle(tmp_path: Path, keys: Path, *signers: str, name: str = "demo") -> Path:
+    """A bundle named `name` signed by each key in `signers`."""
+    private = [load_private_key(keys / f"{signer}.key") for signer in signers]
+    return write_signed(tmp_path, private, name=name)
+
+
+def test_add_stores_key_id_name_and_bundles(store: TrustStore, keys: Path) -> None:
+    change = store.add(keys / "old.pub", name=None, bundles=("demo", "auth"))
+
+    assert change.action == "added"
+    (entry,) = store.entries()
+    assert entry.name == "old"
+    assert entry.bundles == ("auth", "demo")
+    assert entry.key_id == trusted_key(load_private_key(keys / "old.key")).key_id
+    assert (store.folder / f"{entry.key_id}.pub").read_bytes() == (keys / "old.pub").read_bytes()
+
+
+def test_add_same_key_again_is_unchanged(store: TrustStore, keys: Path) -> None:
+    store.add(keys / "old.pub", name="release", bundles=())
+    index = store.index_path.read_bytes()
+
+    change = store.add(keys / "old.pub", name="release", bundles=())
+
+    assert change.action == "unchanged"
+    assert store.index_path.read_bytes() == index
+
+
+def test_add_rejects_second_key_with_same_name(store: TrustStore, keys: Path) -> None:
+    first = store.add(keys / "old.pub", name="release", bundles=())
+    with pytest.raises(UsageError) as caught:
+        store.add(keys / "new.pub", name="release", bundles=())
+    assert caught.value.message == (
+        f"a different key named release is already trusted ({first.entry.key_id})"
+    )
+
+
+def test_remove_by_name_revokes_and_moves_key(store: TrustStore, keys: Path) -> None:
+    added = store.add(keys / "old.pub", name=None, bundles=())
+
+    change = store.remove("old")
+
+    assert change.action == "revoked"
+    assert change.entry.revoked_at is not None
+    assert not (store.folder / f"{added.entry.key_id}.pub").exists()
+    assert (store.folder / "revoked" / f"{added.entry.key_id}.pub").is_file()
+    (entry,) = store.entries()
+    assert entry.revoked_at == change.entry.revoked_at
+
+
+def test_remove_by_key_id_prefix(store: TrustStore, keys: Path) -> None:
+    added = store.add(keys / "old.pub", name=None, bundles=())
+    change = store.remove(added.entry.key_id[:12])
+    assert change.entry.key_id == added.entry.key_id
+
+
+def test_remove_unknown_key_names_next_step(store: TrustStore, keys: Path) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    with pytest.raises(UsageError) as caught:
+        store.remove("nobody")
+    assert caught.value.message == f"no trusted key has the id or name 'nobody' in {store.folder}"
+    assert caught.value.hint == "list the keys with airlock-install trust list"
+
+
+def test_remove_twice_says_already_revoked(store: TrustStore, keys: Path) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    first = store.remove("old")
+    with pytest.raises(UsageError) as caught:
+        store.remove("old")
+    assert caught.value.message == (
+        f"key old ({first.entry.key_id}) was already revoked at {first.entry.revoked_at}"
+    )
+
+
+def test_empty_store_asks_for_a_key(store: TrustStore) -> None:
+    with pytest.raises(UsageError) as caught:
+        load_keys(store=store)
+    assert caught.value.message == f"no trusted public key: the trust store {store.folder} is empty"
+
+
+def test_explicit_keys_replace_the_store(store: TrustStore, keys: Path) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    loaded = load_keys(key_files=[keys / "new.pub"], store=store)
+    assert [key.name for key in loaded] == ["new"]
+
+
+def test_index_edited_by_hand_is_reported(store: TrustStore, keys: Path) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.index_path.write_text('{"version": 1, "keys": [{"name": "x"}]}')
+    with pytest.raises(UsageError) as caught:
+        store.entries()
+    assert caught.value.message.startswith(f"trust store index {store.index_path} is invalid: ")
+
+
+def test_swapped_key_file_is_reported(store: TrustStore, keys: Path) -> None:
+    added = store.add(keys / "old.pub", name=None, bundles=())
+    key_file = store.folder / f"{added.entry.key_id}.pub"
+    key_file.write_bytes((keys / "new.pub").read_bytes())
+    with pytest.raises(UsageError) as caught:
+        store.trusted_keys()
+    assert caught.value.message.startswith(f"trust store file {key_file} holds key ")
+
+
+def test_bundle_names_are_checked() -> None:
+    assert parse_bundle_names("demo, auth,demo") == ("auth", "demo")
+    assert parse_bundle_names("") == ()
+    with pytest.raises(UsageError) as caught:
+        parse_bundle_names("Demo")
+    assert caught.value.message == "--bundles: 'Demo' is not a bundle name"
+
+
+def test_store_path_option_over_environment_over_default(tmp_path: Path) -> None:
+    assert resolve_store_path(tmp_path / "a", {"AIRLOCK_TRUST_STORE": "/x"}) == tmp_path / "a"
+    assert resolve_store_path(None, {"AIRLOCK_TRUST_STORE": "/x"}) == Path("/x")
+    assert resolve_store_path(None, {}) == Path("/etc/airlock/trust")
+
+
+# Which signatures count.
+
+
+def test_rotation_old_and_new_signatures_both_verify(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    """During a change-over a bundle signed by the old and the new key passes either store."""
+    bundle = _bundle(tmp_path, keys, "old", "new")
+    store.add(keys / "old.pub", name=None, bundles=())
+    assert [k.name for k in verify_file(bundle, store.trusted_keys()).signers] == ["old"]
+
+    store.add(keys / "new.pub", name=None, bundles=())
+    store.remove("old")
+    assert [k.name for k in verify_file(bundle, store.trusted_keys()).signers] == ["new"]
+
+
+def test_bundle_signed_only_by_revoked_key_is_rejected(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    bundle = _bundle(tmp_path, keys, "old")
+    store.add(keys / "old.pub", name=None, bundles=())
+    revoked = store.remove("old").entry
+
+    with pytest.raises(SignatureError) as caught:
+        verify_file(bundle, store.trusted_keys())
+    assert caught.value.message == (
+        f"bundle is signed by key old ({revoked.key_id}), which was revoked at {revoked.revoked_at}"
+    )
+
+
+def test_new_key_before_it_is_trusted_is_rejected_with_key_id(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    bundle = _bundle(tmp_path, keys, "new")
+    store.add(keys / "old.pub", name=None, bundles=())
+    new_id = trusted_key(load_private_key(keys / "new.key")).key_id
+
+    with pytest.raises(SignatureError) as caught:
+        verify_file(bundle, store.trusted_keys())
+    assert caught.value.message == f"bundle is signed by key id {new_id}, not in the trusted keys"
+
+
+def test_key_restricted_to_other_bundles_does_not_count(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    bundle = _bundle(tmp_path, keys, "old")
+    added = store.add(keys / "old.pub", name=None, bundles=("auth",)).entry
+
+    with pytest.raises(SignatureError) as caught:
+        verify_file(bundle, store.trusted_keys())
+    assert caught.value.message == (
+        f"bundle demo is signed by key old ({added.key_id}), which may sign only bundles auth"
+    )
+    assert caught.value.hint == (
+        "if that key may sign demo, add it again with "
+        "airlock-install trust add KEYFILE --bundles auth,demo"
+    )
+
+
+def test_key_restricted_to_this_bundle_counts(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    bundle = _bundle(tmp_path, keys, "old")
+    store.add(keys / "old.pub", name=None, bundles=("demo",))
+    assert [k.name for k in verify_file(bundle, store.trusted_keys()).signers] == ["old"]
+
+
+def test_threshold_needs_distinct_trusted_keys(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.add(keys / "new.pub", name=None, bundles=())
+    one = _bundle(tmp_path / "one", keys, "old", "stranger")
+    two = _bundle(tmp_path / "two", keys, "old", "new")
+
+    with pytest.raises(SignatureError) as caught:
+        verify_file(one, store.trusted_keys(), threshold=2)
+    assert caught.value.message == "bundle has 1 valid signature by trusted keys, 2 required"
+    assert len(verify_file(two, store.trusted_keys(), threshold=2).signers) == 2
+
+
+def test_threshold_counts_only_keys_allowed_for_the_bundle(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.add(keys / "new.pub", name=None, bundles=("auth",))
+    bundle = _bundle(tmp_path, keys, "old", "new")
+
+    with pytest.raises(SignatureError) as caught:
+        verify_file(bundle, store.trusted_keys(), threshold=2)
+    assert caught.value.message == (
+        "bundle demo has 1 valid signature by keys trusted for it, 2 required"
+    )
+
+
+def test_forged_signature_under_trusted_key_id_is_fatal(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    """A stranger's signature filed under a trusted key's id does not verify."""
+    old = trusted_key(load_private_key(keys / "old.key"))
+    stranger = load_private_key(keys / "stranger.key")
+    bundle = write_signed(tmp_path, [stranger], name="demo", file_as={0: old.key_id})
+    store.add(keys / "old.pub", name=None, bundles=())
+
+    with pytest.raises(SignatureError) as caught:
+        verify_file(bundle, store.trusted_keys())
+    assert caught.value.message == (
+        f"signature airlock/signatures/{old.key_id}.sig does not match the manifest"
+    )
+
+
+# The commands.
+
+
+def test_trust_commands_add_list_remove(keys: Path, tmp_path: Path) -> None:
+    env = {
+        "AIRLOCK_TRUST_STORE": str(tmp_path / "store"),
+        "AIRLOCK_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    key_id = trusted_key(load_private_key(keys / "old.key")).key_id
+
+    added = _cli(
+        "trust", "add", str(keys / "old.pub"), "--name", "release", "--bundles", "demo", env=env
+    )
+    assert added.returncode == 0, added.stderr
+    assert added.stdout == f"added key release ({key_id}) for demo in {tmp_path / 'store'}\n"
+
+    listed = _cli("trust", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert (entry["key_id"], entry["name"], entry["bundles"], entry["status"]) == (
+        key_id,
+        "release",
+        ["demo"],
+        "trusted",
+    )
+
+    removed = _cli("trust", "remove", "release", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.startswith(f"revoked key release ({key_id}) at ")
+
+    text = _cli("trust", "list", env=env)
+    assert text.stdout.startswith(f"{key_id}  release  bundles: demo  revoked ")
+
+    actions = [
+        json.loads(line)["action"] for line in (tmp_path / "audit.log").read_text().splitlines()
+    ]
+    assert actions == ["trust-add", "trust-remove"]
+
+
+def test_verify_uses_store_and_names_signer(keys: Path, tmp_path: Path) -> None:
+    env = {
+        "AIRLOCK_TRUST_STORE": str(tmp_path / "store"),
+        "AIRLOCK_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    bundle = _bundle(tmp_path, keys, "old")
+    assert _cli("trust", "add", str(keys / "old.pub"), env=env).returncode == 0
+    key_id = trusted_key(load_private_key(keys / "old.key")).key_id
+
+    result = _cli("verify", str(bundle), env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"OK demo 1.0.0 (sequence 1): 1 members verified, signed by old ({key_id[:16]})\n"
+    )
+
+
+def test_verify_with_empty_store_is_usage_error(keys: Path, tmp_path: Path) -> None:
+    env = {
+        "AIRLOCK_TRUST_STORE": str(tmp_path / "store"),
+        "AIRLOCK_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    bundle = _bundle(tmp_path, keys, "old")
+    result = _cli("verify", str(bundle), env=env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: no trusted public key: the trust store {tmp_path / 'store'} is empty",
+        "hint: add the publisher's key with airlock-install trust add KEYFILE, "
+        "or pass --key PUBFILE for this run",
+    ]
