@@ -528,6 +528,25 @@ def test_zstd_bundle_for_engine_23_is_refused_by_engine_20_10(
         f"bundle needs Docker Engine 23.0 or newer for zstd layers; found {engine_version}"
     )
 
+    # The same refusal through the installer, before any image reaches the engine.
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / ".env").write_text(f"COMPOSE_PROJECT_NAME=airlock-test-{uuid.uuid4().hex[:8]}\n")
+    installed = run_cli(
+        "airlock-install",
+        "install",
+        str(output),
+        "--target",
+        str(target),
+        "--key",
+        str(key.public_path),
+    )
+    assert installed.returncode == 4, installed.stdout + installed.stderr
+    assert _error_line(installed.stderr) == (
+        f"error: bundle needs Docker Engine 23.0 or newer for zstd layers; found {engine_version}"
+    )
+    assert engine.image_id(docker_client, result.manifest.images[0].image_id) is None
+
 
 def test_min_docker_version_option_rejects_bad_value(
     shared_images: tuple[PushedImage, PushedImage], tmp_path: Path
