@@ -165,7 +165,7 @@ def load_tag(ref: reference.ImageReference) -> str:
 
     A digest-pinned reference (`name@sha256:...` or `name:tag@sha256:...`)
     loads as `name:sha256-<64 hex>`, because Docker's classic image store
-    forgets registry digests on load and cannot find either form afterwards;
+    drops registry digests on load and cannot find either form afterwards;
     the installer points such services at this tag. The tag of a
     `name:tag@sha256:...` reference is not used, so loading never moves an
     existing `name:tag`. Any other reference loads under its tag.

@@ -115,7 +115,7 @@ def _normalise_platform(platform: str) -> str:
 def override_services(manifest: Manifest, service_images: Mapping[str, str]) -> dict[str, str]:
     """Return the services whose compose image is digest-pinned, mapped to their load tag.
 
-    Docker's classic image store forgets registry digests on `docker load`,
+    Docker's classic image store drops registry digests on `docker load`,
     so neither `name@sha256:...` nor `name:tag@sha256:...` resolves locally
     afterwards, and compose would pull. Such services run the load tag instead.
     """

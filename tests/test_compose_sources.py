@@ -119,7 +119,7 @@ def test_compose_url_name_option_renames_file(
     assert loaded.compose_files[0].read_bytes() == text
 
 
-def test_compose_url_with_wrong_sha256_names_both_digests(
+def test_compose_url_digest_mismatch(
     served: tuple[str, Path], image: PushedImage, tmp_path: Path
 ) -> None:
     base, www = served

@@ -1,6 +1,6 @@
 """Digest-pinned images (`name@sha256:...`, `name:tag@sha256:...`) after `docker load`.
 
-Docker's classic image store forgets registry digests on load, so compose
+Docker's classic image store does not keep registry digests on load, so compose
 cannot find such an image by the reference it names and would pull it. The
 test pushes two runnable busybox images to a registry it starts on its own
 127.0.0.1 port, bundles a compose file that pins both by digest, stops that
@@ -64,7 +64,7 @@ def _push(registry: str, repository: str, marker: str, tag: str | None) -> Pushe
     )
 
 
-def test_digest_pinned_services_run_loaded_images_without_registry(
+def test_pinned_services_start_without_registry(
     throwaway_registry: ThrowawayRegistry,
     tmp_path: Path,
     compose_project_name: str,

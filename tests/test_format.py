@@ -141,7 +141,7 @@ def loaded_tags(docker_client: docker.DockerClient) -> Iterator[list[str]]:
             pass
 
 
-def test_store_loads_with_docker_load_streamed_as_installer_does(
+def test_docker_load_streamed_store(
     shared_bundle: Path,
     tmp_path: Path,
     docker_client: docker.DockerClient,
@@ -164,7 +164,7 @@ def test_store_loads_with_docker_load_streamed_as_installer_does(
         assert engine.image_platform(docker_client, image.load_tag) == "linux/amd64"
 
 
-def test_store_loads_with_docker_cli_from_tar_pipe(
+def test_docker_cli_loads_tar_pipe(
     shared_bundle: Path, tmp_path: Path, docker_client: docker.DockerClient, loaded_tags: list[str]
 ) -> None:
     manifest = _read_manifest(shared_bundle)
@@ -305,7 +305,7 @@ def test_authentik_server_and_outposts_share_layers(authentik_bundle: Path) -> N
     assert manifest.layer_bytes_stored < manifest.layer_bytes / 4
 
 
-def test_two_builds_in_different_folders_are_byte_identical(
+def test_rebuild_is_byte_identical(
     shared_images: tuple[PushedImage, PushedImage], tmp_path: Path
 ) -> None:
     first, second = shared_images
@@ -386,7 +386,7 @@ def test_invalid_source_date_epoch_is_rejected(
     )
 
 
-def test_manifest_records_every_field_the_format_promises(
+def test_manifest_records_format_fields(
     shared_bundle: Path, shared_images: tuple[PushedImage, PushedImage]
 ) -> None:
     first, second = shared_images
@@ -505,7 +505,7 @@ def test_zstd_layer_rejected_for_engine_20_10(registry: str, tmp_path: Path) -> 
     assert not output.exists()
 
 
-def test_zstd_bundle_for_engine_23_is_refused_by_engine_20_10(
+def test_zstd_bundle_refused_by_engine_20_10(
     registry: str, tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
     image, _ = _push_zstd_image(registry)
@@ -571,7 +571,7 @@ def test_min_docker_version_option_rejects_bad_value(
     assert _error_line(result.stderr) == "error: minimum Docker version 'twenty' is invalid"
 
 
-def test_every_unresolvable_image_reported_in_one_run(registry: str, tmp_path: Path) -> None:
+def test_unresolvable_images_reported_together(registry: str, tmp_path: Path) -> None:
     missing_tag = f"{registry}/{unique_repository()}:1"
     missing_repo = f"{registry}/{unique_repository()}:2"
     key = make_keys(tmp_path / "keys")
@@ -640,7 +640,7 @@ def test_inspect_text_shows_sizes_and_signers(authentik_bundle: Path) -> None:
     assert "saved by storing shared layers once" in lines[-1]
 
 
-def test_build_removes_bundle_that_does_not_read_back(
+def test_unreadable_build_output_removed(
     shared_images: tuple[PushedImage, PushedImage],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -668,7 +668,7 @@ def test_build_removes_bundle_that_does_not_read_back(
     assert not output.exists()
 
 
-def test_every_missing_layer_reported_in_one_run(tmp_path: Path) -> None:
+def test_missing_layers_reported_together(tmp_path: Path) -> None:
     """Layer files deleted from a throwaway registry's storage make their downloads fail."""
     (tmp_path / "registry").mkdir()
     server = ThrowawayRegistry(tmp_path / "registry")

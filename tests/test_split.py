@@ -288,7 +288,7 @@ def test_inspect_reads_first_part(signed_bundle: tuple[Path, Path, Path]) -> Non
     assert description["file_bytes"] == size
 
 
-def test_unsigned_parts_still_verify_through_bundle_signature(
+def test_unsigned_parts_verify_by_bundle_signature(
     signed_bundle: tuple[Path, Path, Path],
 ) -> None:
     bundle, _, public = signed_bundle
