@@ -3,7 +3,7 @@
 The file is only ever appended to: it is opened with `O_APPEND` (created
 with mode 0600, never truncated or rewritten), and each record is one
 `write()` of one line, so concurrent runs do not interleave within a line.
-A record holds names, versions, digests, key ids, flags and the error's
+A record contains names, versions, digests, key ids, flags and the error's
 class and message. It never holds `.env` values, because airlock's error
 messages name keys and files, never their values.
 

@@ -1,4 +1,4 @@
-"""Which verified bundles may be used: signers, expiry, name, sequence and replay.
+"""Release policy: the signer, expiry, name, sequence and replay checks on a verified bundle.
 
 A bundle that passed the archive checks is signed and intact; it may still
 be old. Three records stop an old bundle from coming back:
@@ -61,7 +61,7 @@ def _parse_time(text: str) -> datetime:
 def check_expiry(
     verified: VerifiedBundle, *, now: datetime | None = None, ignore_expiry: bool = False
 ) -> None:
-    """Reject a bundle whose `expires` time has passed, unless told to ignore it."""
+    """Reject a bundle whose `expires` time has passed, unless `ignore_expiry` is set."""
     manifest = verified.manifest
     if manifest.expires is None:
         return

@@ -32,7 +32,7 @@ _ADD_KEY_HINT = (
 
 @dataclass(frozen=True)
 class TrustedKey:
-    """A public key the installer knows, with what it may sign.
+    """A public key the installer checks signatures with, and what it may sign.
 
     `bundles` lists the bundle names the key may sign; empty means any.
     A key with `revoked_at` set was removed from the trust store at that

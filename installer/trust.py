@@ -7,10 +7,16 @@ The store is a folder (default `/etc/airlock/trust`):
     revoked/<key id>.pub  keys removed with `trust remove`
 
 A removed key is kept as revoked rather than forgotten, so a bundle signed
-only by it is rejected with "revoked" instead of "unknown key", and so
-`--trust DIR` pointed at the store never picks it up again (it reads only
-the top folder). Every change takes an exclusive lock and replaces the
+only by it is rejected with "revoked" instead of "unknown key". Its file
+moves to `revoked/`, which `--trust DIR` pointed at the store does not
+read. Every change takes an exclusive lock and replaces the
 index atomically.
+
+TODO: accept a trust update carried in a bundle (keys to add and to
+revoke, signed by a key the store already trusts) and apply it after the
+bundle installs, so a key can be rotated without a `trust add` on every
+host. Until then the store changes only through `trust add` and `trust
+remove`.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ class TrustEntry:
 
 @dataclass(frozen=True)
 class TrustChange:
-    """What `add` or `remove` did, for the CLI and the audit log."""
+    """The outcome of `add` or `remove`, for the CLI and the audit log."""
 
     action: str
     entry: TrustEntry
@@ -178,7 +184,12 @@ class TrustStore:
             )
             self._write_index(active, revoked)
 
-        action = "added" if previous is None else "restored" if previous.revoked_at else "updated"
+        if previous is None:
+            action = "added"
+        elif previous.revoked_at is not None:
+            action = "restored"
+        else:
+            action = "updated"
         logger.info("trust store %s: %s key %s", self.folder, action, entry.key_id)
         return TrustChange(action, entry, previous)
 
@@ -235,7 +246,7 @@ class TrustStore:
         loaded = load_public_key(path)
         if loaded.key_id != entry.key_id:
             raise UsageError(
-                f"trust store file {path} holds key {loaded.key_id}, not {entry.key_id}",
+                f"trust store file {path} contains key {loaded.key_id}, not {entry.key_id}",
                 hint="the store was edited by hand; add the key again with airlock-install trust add KEYFILE",
             )
         return TrustedKey(

@@ -400,14 +400,14 @@ def reordered_members(host: Host, out: Path) -> tuple[bytes, list[str]]:
     names = [e.name for e in _entries(host.bundle)]
     compose_at = names.index(COMPOSE)
     following = names[compose_at + 1]
-    held: list[tuple[str, bytes]] = []
+    moved: list[tuple[str, bytes]] = []
 
     def edit(name: str, data: bytes) -> list[tuple[str, bytes]]:
         if name == COMPOSE:
-            held.append((name, data))
+            moved.append((name, data))
             return []
         if name == following:
-            return [(name, data), *held]
+            return [(name, data), *moved]
         return [(name, data)]
 
     _rewrite(host.bundle, out, edit)
@@ -653,7 +653,7 @@ def test_attack_is_rejected_and_changes_nothing(
     assert records[0]["error"]["message"] == expected[0].removeprefix("error: ")
 
 
-def test_replayed_older_bundle_is_rejected_in_a_fresh_target(
+def test_replay_into_fresh_target_rejected(
     host: Host, tmp_path: Path, docker_client: docker.DockerClient, registry: str
 ) -> None:
     fresh = tmp_path / "fresh"
@@ -673,7 +673,7 @@ def test_replayed_older_bundle_is_rejected_in_a_fresh_target(
     assert _snapshot(host, docker_client, registry, fresh) == before
 
 
-def test_replayed_older_bundle_is_rejected_in_the_installed_target(
+def test_replay_into_installed_target_rejected(
     host: Host, docker_client: docker.DockerClient, registry: str
 ) -> None:
     before = _snapshot(host, docker_client, registry, None)
@@ -685,7 +685,7 @@ def test_replayed_older_bundle_is_rejected_in_the_installed_target(
     assert _snapshot(host, docker_client, registry, None) == before
 
 
-def test_genuine_bundle_again_is_a_noop_and_audited(
+def test_genuine_reinstall_is_audited_noop(
     host: Host, docker_client: docker.DockerClient, registry: str
 ) -> None:
     before = _snapshot(host, docker_client, registry, None)

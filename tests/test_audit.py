@@ -145,7 +145,7 @@ def test_verify_bundle_records_ok_with_signers(tmp_path: Path) -> None:
 
 
 def test_secret_values_never_reach_the_log(tmp_path: Path) -> None:
-    """The bundle's env values, a generated secret's name and the key stay out of the record."""
+    """A value the bundle sets in `.env` and any private key stay out of the record."""
     bundle = make_bundle(tmp_path, env_set={"DB_PASSWORD": "hunter2-not-in-log"})
     log = tmp_path / "audit.log"
     policy.verify_bundle(policy.VerifyOptions(bundle.path, (bundle.trusted,), audit_log=log))

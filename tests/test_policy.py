@@ -159,7 +159,7 @@ def test_host_record_keeps_highest_sequence(tmp_path: Path) -> None:
     }
 
 
-def test_replay_into_fresh_target_is_caught_by_host_record(tmp_path: Path) -> None:
+def test_host_record_catches_fresh_target_replay(tmp_path: Path) -> None:
     record = tmp_path / "installed.json"
     newer = _verified(tmp_path, sequence=17, version="2.3.0")
     policy.record_installed(record, policy.facts_of_verified(newer), tmp_path / "prod")

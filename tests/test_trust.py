@@ -176,7 +176,7 @@ def test_swapped_key_file_is_reported(store: TrustStore, keys: Path) -> None:
     key_file.write_bytes((keys / "new.pub").read_bytes())
     with pytest.raises(UsageError) as caught:
         store.trusted_keys()
-    assert caught.value.message.startswith(f"trust store file {key_file} holds key ")
+    assert caught.value.message.startswith(f"trust store file {key_file} contains key ")
 
 
 def test_bundle_names_are_checked() -> None:
@@ -223,9 +223,7 @@ def test_bundle_signed_only_by_revoked_key_is_rejected(
     )
 
 
-def test_new_key_before_it_is_trusted_is_rejected_with_key_id(
-    store: TrustStore, keys: Path, tmp_path: Path
-) -> None:
+def test_untrusted_new_key_named_by_id(store: TrustStore, keys: Path, tmp_path: Path) -> None:
     bundle = _bundle(tmp_path, keys, "new")
     store.add(keys / "old.pub", name=None, bundles=())
     new_id = trusted_key(load_private_key(keys / "new.key")).key_id
