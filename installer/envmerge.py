@@ -29,7 +29,7 @@ PROJECT_NAME_KEY = "COMPOSE_PROJECT_NAME"
 
 @dataclass
 class EnvChange:
-    """What an install does to `.env`, by key only: values may be secrets."""
+    """The changes an install makes to `.env`, by key only, because values may be secrets."""
 
     added: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)

@@ -1,9 +1,10 @@
 """Install a verified bundle into a target folder, prove it healthy, or put the previous release back.
 
 Nothing outside a staging folder changes until the bundle's signature and
-every member digest have been checked, the `.env` the release needs can be
-written, every image compose will use is known to be in the bundle or the
-engine, and the preflight checks (engine, Compose, disk space, ports) pass.
+every member digest have been checked and the `.env` the release needs can
+be written. Every image compose will use must be in the bundle or the
+engine, and the preflight checks (engine, Compose, disk space, ports) must
+pass, before the first change too.
 
 Every step after that is recorded in the target's journal before the next
 one starts (see `installer.journal`), one install at a time holds the
@@ -101,7 +102,7 @@ class Interrupts:
 
 @dataclass(frozen=True)
 class InstallOptions:
-    """What `airlock-install install` and `plan` take from their command line."""
+    """Options of `airlock-install install` and `plan`."""
 
     bundle: Path
     target: Path
@@ -129,7 +130,7 @@ class InstallOptions:
 
 @dataclass
 class InstallResult:
-    """What an install did, for the CLI to report."""
+    """The outcome of an install, for the CLI to report."""
 
     manifest: Manifest
     signers: list[str]
@@ -145,7 +146,7 @@ class InstallResult:
 
 @dataclass(frozen=True)
 class RollbackOptions:
-    """What `airlock-install rollback` takes from its command line."""
+    """Options of `airlock-install rollback`."""
 
     target: Path
     to_version: str | None = None
@@ -154,7 +155,7 @@ class RollbackOptions:
 
 @dataclass
 class RollbackResult:
-    """Which release runs after a rollback, and its services."""
+    """The release running after a rollback, and its services."""
 
     release: Release
     left: Release | None
@@ -164,7 +165,7 @@ class RollbackResult:
 
 @dataclass
 class _Context:
-    """What the steps of one install share."""
+    """State shared by the steps of one install."""
 
     options: InstallOptions
     target: Path
@@ -357,8 +358,8 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
         state, verified, options.allow_downgrade, **policy.release_checks(options)
     )
 
-    # 4. The interrupted run: the same bundle resumes below, because every
-    # step is safe to repeat; another bundle first gets the target back to
+    # 4. The interrupted run. The same bundle resumes below, because every
+    # step is safe to repeat. Another bundle first gets the target back to
     # the release that ran before.
     recovered = None
     if interrupted is not None:
@@ -452,7 +453,7 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
 
     # 9. Files, then compose; a failure from here on brings the previous release back.
     try:
-        services = _switch(context, writer, verified, plan, client, compose_command)
+        services, release_files = _switch(context, writer, verified, plan, client, compose_command)
     except (AirlockError, KeyboardInterrupt) as err:
         _recover(context, writer, verified, state, client, compose_command, err)
         raise AssertionError("unreachable") from err
@@ -464,7 +465,7 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
         manifest_digest=verified.manifest_digest,
         installed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         project_name=plan.project_name,
-        compose_files=releases.compose_names(manifest),
+        compose_files=release_files,
         signers=[key.key_id for key in verified.signers],
     )
     if same_release and state is not None:
@@ -474,8 +475,11 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
         history.append(state.current)
     highest = max(manifest.sequence, state.highest_sequence if state else 0)
     save_state(target, InstallState(manifest.name, release, history, highest))
-    if state is not None and not same_release:
-        releases.remove_stale_compose(target, state.current.compose_files, release.compose_files)
+    releases.remove_stale(
+        target,
+        releases.all_release_files(target),
+        releases.files_of(target, manifest.sequence, manifest.version),
+    )
     writer.reach(STATE_SAVED)
     writer.finish()
 
@@ -510,8 +514,11 @@ def _switch(
     plan: Plan,
     client: docker.DockerClient,
     compose_command: ComposeCommand,
-) -> list[ServiceStatus]:
-    """Write the new release's files, start it and wait for it to be healthy."""
+) -> tuple[list[ServiceStatus], list[str]]:
+    """Write the new release's files, start it and wait for it to be healthy.
+
+    Returns the services' states and the `-f` files `up` got, relative to the target.
+    """
     target = context.target
     manifest = verified.manifest
     names = releases.compose_names(manifest)
@@ -530,6 +537,8 @@ def _switch(
     files += images.write_image_override(target, manifest, plan.service_images)
     assert context.compose_run is not None  # set in step 5
     files += context.compose_run.write_override(target)
+    # The override files are kept with the release, so a rollback to it gets them back.
+    overrides = releases.save_overrides(target, manifest, files[len(names) :])
     compose_command.up(target, files, plan.project_name)
     _checkpoint(context, writer, STARTED)
 
@@ -542,7 +551,7 @@ def _switch(
             progress=context.progress,
         )
     _checkpoint(context, writer, HEALTHY)
-    return services
+    return services, [*names, *overrides]
 
 
 def _failure_text(err: BaseException) -> str:
@@ -599,7 +608,7 @@ def _recover(
     logger.warning("%s failed; bringing back %s", what, previous.version)
     rollback_writer = JournalWriter(
         context.target,
-        _rollback_journal(previous, state, names, str(context.options.bundle)),
+        _rollback_journal(previous, state, str(context.options.bundle)),
         context.environ,
     )
     try:
@@ -608,7 +617,6 @@ def _recover(
             previous,
             client=client,
             command=compose_command,
-            leaving=names,
             writer=rollback_writer,
             environ=context.environ,
             timeout=context.options.health_timeout,
@@ -628,9 +636,7 @@ def _recover(
     ) from err
 
 
-def _rollback_journal(
-    release: Release, state: InstallState, leaving: list[str], bundle: str | None
-) -> Journal:
+def _rollback_journal(release: Release, state: InstallState, bundle: str | None) -> Journal:
     return Journal(
         operation="rollback",
         phase="rollback-started",
@@ -642,7 +648,7 @@ def _rollback_journal(
         from_version=state.current.version,
         from_sequence=state.current.sequence,
         bundle=bundle,
-        compose_files=leaving,
+        compose_files=list(release.compose_files),
     )
 
 
@@ -656,7 +662,7 @@ def _undo_interrupted(context: _Context, interrupted: Journal, state: InstallSta
     compose_command = detect(context.environ)
     writer = JournalWriter(
         context.target,
-        _rollback_journal(release, state, interrupted.compose_files, interrupted.bundle),
+        _rollback_journal(release, state, interrupted.bundle),
         context.environ,
     )
     releases.bring_back(
@@ -664,7 +670,6 @@ def _undo_interrupted(context: _Context, interrupted: Journal, state: InstallSta
         release,
         client=client,
         command=compose_command,
-        leaving=interrupted.compose_files,
         writer=writer,
         environ=context.environ,
         timeout=context.options.health_timeout,
@@ -693,7 +698,6 @@ def rollback(
         assert state is not None
         interrupted = load_journal(target)
         release = _rollback_choice(state, interrupted, options.to_version)
-        leaving = interrupted.compose_files if interrupted else state.current.compose_files
         if interrupted is None and release.manifest_digest != state.current.manifest_digest:
             # The operator's edits since the current release was installed
             # go with it, so that going forward again restores them.
@@ -702,7 +706,7 @@ def rollback(
             )
         writer = JournalWriter(
             target,
-            _rollback_journal(release, state, list(leaving), None),
+            _rollback_journal(release, state, None),
             environ,
         )
         services = releases.bring_back(
@@ -710,7 +714,6 @@ def rollback(
             release,
             client=engine.connect(environ),
             command=detect(environ),
-            leaving=leaving,
             writer=writer,
             environ=environ,
             timeout=options.health_timeout,

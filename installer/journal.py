@@ -32,9 +32,10 @@ logger = logging.getLogger(__name__)
 JOURNAL_FILE = "journal.json"
 KILL_AT_VARIABLE = "AIRLOCK_TEST_KILL_AT"
 
-# Phases of an install, in order. Up to and including PREFLIGHT_PASSED the
-# target's files and containers are untouched; from FILES_WRITTEN on the
-# target holds the new release's compose files and `.env`.
+# Phases of an install, in order. Before PREVIOUS_SAVED the target's live
+# files and containers are untouched, although images may be loaded and
+# release folders written. From COMPOSE_WRITTEN on the target has the new
+# compose files, and from FILES_WRITTEN on its `.env` too.
 LOCKED = "locked"
 VERIFIED = "verified"
 PREFLIGHT_PASSED = "preflight-passed"
@@ -84,12 +85,12 @@ class Journal:
     from_version: str | None = None
     from_sequence: int | None = None
     bundle: str | None = None
-    # Compose file names the operation writes into the target.
+    # The `-f` files of the release the operation brings in, relative to the target.
     compose_files: list[str] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
 
     def target_changed(self) -> bool:
-        """Whether the target's compose files or `.env` may already be the new release's."""
+        """Return whether the target's compose files or `.env` may already be the new release's."""
         if self.operation != "install":
             return True
         return INSTALL_PHASES.index(self.phase) >= INSTALL_PHASES.index(PREVIOUS_SAVED)

@@ -1,4 +1,4 @@
-"""What an install will do to a target, worked out without changing anything.
+"""The changes an install would make to a target, worked out without making them.
 
 `make_plan` compares the verified bundle with the release installed in the
 target: images to load, `.env` keys added, changed or removed (by name
@@ -112,7 +112,7 @@ def _service_differences(old: Service, new: Service) -> list[str]:
     """Name the compared settings that differ between two versions of a service.
 
     NOTE: `Service` models image, build, pull policy, profiles, healthcheck,
-    published ports and platform; a change only to, say, `environment` or
+    published ports and platform. A change only to, say, `environment` or
     `command` is not listed here, although compose recreates the container.
     """
     return [

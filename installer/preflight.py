@@ -46,8 +46,8 @@ MIN_API_VERSION = "1.40"
 # the application's own growth. `--reserve-space` changes it.
 DEFAULT_RESERVE_BYTES = 1024**3
 # NOTE: an estimate. `docker load` copies the archive into the data root's
-# tmp folder and then unpacks each layer, which takes about twice its
-# compressed size for typical images; the real ratio depends on the image.
+# tmp folder and then unpacks each layer. An unpacked layer takes about
+# twice its compressed size for typical images, but the ratio varies.
 LOAD_SPACE_FACTOR = 3
 # Seconds a TCP connect to an SMTP server or S3 endpoint may take.
 ENDPOINT_TIMEOUT = 3.0
@@ -85,7 +85,7 @@ class Finding:
 
 
 class PreflightError(EnvironmentNotReadyError):
-    """One or more preflight checks failed; `findings` holds all of them."""
+    """One or more preflight checks failed; `findings` contains all of them."""
 
     def __init__(self, message: str, findings: Sequence[Finding], *, hint: str | None = None):
         super().__init__(message, hint=hint)
@@ -384,7 +384,7 @@ def check_services(client: docker.DockerClient, project_name: str) -> list[Findi
     findings = []
     for status in statuses:
         if status.state != "running" or status.health not in (None, "healthy"):
-            # A stopped container keeps its last health status, which says nothing now.
+            # A stopped container keeps its last health status, which is stale.
             health = f", {status.health}" if status.health and status.state == "running" else ""
             findings.append(
                 Finding(

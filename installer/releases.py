@@ -1,9 +1,12 @@
 """Installed releases kept on disk: `TARGET/.airlock/releases/<sequence>-<version>/`.
 
-Each release folder holds what is needed to bring that release back:
+Each release folder contains what is needed to bring that release back:
 
 - `manifest.json`: the signed manifest bytes as verified;
-- `compose/`: the compose files as the bundle carried them;
+- `compose/`: every file of the compose project at its path relative to
+  the target: the `-f` files, the files they reach through `include`,
+  `extends` and `env_file`, and the override files the installer wrote
+  under `.airlock/` for `up`;
 - `env`: the `.env` the release ran with (mode 0600). The installer writes
   it when it installs the release and again, from the live file, when it
   moves away from it, so the operator's later edits come back on rollback.
@@ -20,7 +23,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import docker
 
@@ -28,6 +31,7 @@ from installer import compose, dotenv, engine, envmerge
 from installer import manifest as manifest_module
 from installer.archive import VerifiedBundle
 from installer.compose_cli import ComposeCommand, ServiceStatus, wait_healthy
+from installer.compose_files import target_relative_path
 from installer.constants import COMPOSE_DIR, ENV_FILE, STATE_DIR
 from installer.errors import InstallError
 from installer.journal import (
@@ -49,7 +53,7 @@ RELEASE_COMPOSE = "compose"
 RELEASE_ENV = "env"
 ENV_MODE = 0o600
 
-# Versions name folders, so they must not hold path separators or start with a dot.
+# Versions name folders, so they must not contain path separators or start with a dot.
 _SAFE_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
@@ -72,17 +76,23 @@ def folder_of(target: Path, release: Release) -> Path:
 
 
 def compose_files(target: Path, names: Sequence[str]) -> list[Path]:
-    """Return the compose files, in order, that every compose command of a release gets.
+    """Return the target paths of a release's `-f` files, in order.
 
-    Every `up`, `down` and health wait builds its file list here, so a file
-    added to all of them is added in one place.
+    `names` is Release.compose_files, which includes the override files
+    under `.airlock/` that `up` got, so `rollback` starts a release with
+    the same files its install did.
     """
     return [target / name for name in names]
 
 
 def compose_names(manifest: Manifest) -> list[str]:
-    """Return the file names the bundle's compose files get in the target."""
-    return [path[len(COMPOSE_DIR) :] for path in manifest.compose_files]
+    """Return the `-f` files of the bundle as paths relative to the target."""
+    return [target_relative_path(path) for path in manifest.compose_files]
+
+
+def _file_mode(relative: str) -> int:
+    # Env files may hold credentials, so only compose files and charts are world-readable.
+    return 0o644 if PurePosixPath(relative).suffix in (".yml", ".yaml", ".tgz") else ENV_MODE
 
 
 def save_release(target: Path, verified: VerifiedBundle, env_text: str) -> Path:
@@ -96,8 +106,12 @@ def save_release(target: Path, verified: VerifiedBundle, env_text: str) -> Path:
     building = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         _write_file(building / RELEASE_MANIFEST, verified.manifest_bytes)
-        for path, name in zip(manifest.compose_files, compose_names(manifest), strict=True):
-            _write_file(building / RELEASE_COMPOSE / name, verified.staged(path).read_bytes())
+        for member in manifest.members:
+            if not member.path.startswith(COMPOSE_DIR):
+                continue
+            relative = target_relative_path(member.path)
+            data = verified.staged(member.path).read_bytes()
+            _write_file(building / RELEASE_COMPOSE / relative, data, mode=_file_mode(relative))
         _write_file(building / RELEASE_ENV, env_text.encode("utf-8"), mode=ENV_MODE)
         os.chmod(building, 0o700)
         if final.exists():
@@ -115,6 +129,28 @@ def save_release(target: Path, verified: VerifiedBundle, env_text: str) -> Path:
     return final
 
 
+def save_overrides(target: Path, manifest: Manifest, paths: Sequence[Path]) -> list[str]:
+    """Keep copies of override files written under the target for `up`; return their paths.
+
+    The returned paths are relative to the target, as Release.compose_files records them.
+    """
+    folder = release_dir(target, manifest.sequence, manifest.version)
+    relatives = []
+    for path in paths:
+        relative = str(path.relative_to(target))
+        write_atomic(folder / RELEASE_COMPOSE / relative, path.read_bytes())
+        relatives.append(relative)
+    return relatives
+
+
+def files_of(target: Path, sequence: int, version: str) -> list[str]:
+    """List the project files a saved release puts into the target, relative to it."""
+    root = release_dir(target, sequence, version) / RELEASE_COMPOSE
+    if not root.is_dir():
+        return []
+    return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
+
+
 def save_env(target: Path, release: Release, env_text: str) -> None:
     """Store `env_text` as the `.env` of an installed release."""
     write_atomic(folder_of(target, release) / RELEASE_ENV, env_text.encode("utf-8"), mode=ENV_MODE)
@@ -129,39 +165,56 @@ def load_manifest(target: Path, release: Release) -> Manifest | None:
         return None
 
 
+def all_release_files(target: Path) -> list[str]:
+    """List the project files of every saved release, relative to the target."""
+    root = releases_root(target)
+    found: set[str] = set()
+    if root.is_dir():
+        for folder in root.iterdir():
+            name, _, version = folder.name.partition("-")
+            if folder.is_dir() and not folder.name.startswith(".") and name.isdigit():
+                found.update(files_of(target, int(name), version))
+    return sorted(found)
+
+
 def saved_files(target: Path, release: Release) -> tuple[list[Path], Path]:
-    """Return the saved compose files and `.env` of `release`, checking that they exist."""
+    """Return the saved `-f` files and `.env` of `release`, checking that they exist."""
     folder = folder_of(target, release)
-    compose = [folder / RELEASE_COMPOSE / name for name in release.compose_files]
+    compose_paths = [folder / RELEASE_COMPOSE / name for name in release.compose_files]
     env = folder / RELEASE_ENV
-    missing = [str(path) for path in [*compose, env] if not path.is_file()]
+    missing = [str(path) for path in [*compose_paths, env] if not path.is_file()]
     if missing:
         raise InstallError(
             f"release {release.version} (sequence {release.sequence}) cannot be restored: "
             f"{', '.join(missing)} not found",
             hint="reinstall that release from its bundle with --allow-downgrade",
         )
-    return compose, env
+    return compose_paths, env
 
 
-def restore_files(target: Path, release: Release, replaced: Sequence[str] = ()) -> None:
-    """Put the compose files and `.env` of `release` back into the target.
+def restore_files(target: Path, release: Release) -> None:
+    """Put every project file and the `.env` of `release` back into the target.
 
-    Compose files named in `replaced` (the release being left) that `release`
-    does not use are removed afterwards, so the target holds one release's files.
+    Project files of other saved releases that `release` does not have
+    are removed afterwards, so the target holds one release's files.
     """
-    compose, env = saved_files(target, release)
-    for source, name in zip(compose, release.compose_files, strict=True):
-        write_atomic(target / name, source.read_bytes())
+    leaving = all_release_files(target)
+    _, env = saved_files(target, release)
+    root = folder_of(target, release) / RELEASE_COMPOSE
+    restored = files_of(target, release.sequence, release.version)
+    for relative in restored:
+        write_atomic(target / relative, (root / relative).read_bytes(), mode=_file_mode(relative))
     write_atomic(target / ENV_FILE, env.read_bytes(), mode=ENV_MODE)
-    remove_stale_compose(target, replaced, release.compose_files)
+    remove_stale(target, leaving, restored)
 
 
-def remove_stale_compose(target: Path, old: Sequence[str], new: Sequence[str]) -> None:
-    """Delete compose files of the release being left that the new one does not use."""
-    for name in sorted(set(old) - set(new)):
-        (target / name).unlink(missing_ok=True)
-        logger.debug("removed %s, which release no longer uses", name)
+def remove_stale(target: Path, old: Sequence[str], new: Sequence[str]) -> None:
+    """Delete project files of the release being left that the new one does not have."""
+    for relative in sorted(set(old) - set(new)):
+        if relative == ENV_FILE:
+            continue
+        (target / relative).unlink(missing_ok=True)
+        logger.debug("removed %s, which the release now running does not use", relative)
 
 
 def running_project(
@@ -194,7 +247,6 @@ def bring_back(
     *,
     client: docker.DockerClient,
     command: ComposeCommand,
-    leaving: Sequence[str],
     writer: JournalWriter,
     environ: Mapping[str, str],
     timeout: float,
@@ -202,16 +254,17 @@ def bring_back(
 ) -> list[ServiceStatus]:
     """Restore the files of `release`, start it and wait until it is healthy.
 
-    Its images must still be in the engine: the installer never removes
-    them. `leaving` names the compose files of the release being replaced.
+    Its images must still be in the engine, which holds because install and
+    rollback remove no images.
     Raises InstallError, or HealthCheckError when the release does not
     become healthy within `timeout` seconds.
     """
     writer.reach(ROLLBACK_STARTED)
-    restore_files(target, release, replaced=leaving)
+    restore_files(target, release)
     writer.reach(ROLLBACK_FILES_RESTORED)
 
     files, project_name, service_images, _ = running_project(target, release, environ)
+    retag_images(client, target, release)
     missing = engine.missing_images(client, sorted(set(service_images.values())))
     if missing:
         raise InstallError(
@@ -226,6 +279,31 @@ def bring_back(
     )
     writer.reach(ROLLBACK_HEALTHY)
     return services
+
+
+def retag_images(client: docker.DockerClient, target: Path, release: Release) -> None:
+    """Point each image tag of `release` back at the image its manifest records.
+
+    A later release may have loaded another image under the same tag (a
+    moved `latest`, say). The image itself stays in the engine, untagged,
+    so tagging it again makes compose start what the release ran with.
+    """
+    manifest = load_manifest(target, release)
+    if manifest is None:
+        return
+    for image in manifest.images:
+        if engine.image_id(client, image.load_tag) == image.image_id:
+            continue
+        if engine.image_id(client, image.image_id) != image.image_id:
+            raise InstallError(
+                f"release {release.version} cannot start: image {image.image_id} "
+                f"({image.load_tag}) is no longer in the Docker engine",
+                hint="install that release's bundle again with --allow-downgrade",
+            )
+        engine.tag_image(client, image.image_id, image.load_tag)
+        logger.info(
+            "tagged %s as %s again for release %s", image.image_id, image.load_tag, release.version
+        )
 
 
 def record_current(target: Path, state: InstallState, release: Release) -> InstallState:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import docker
 import pytest
+from bundle_factory import make_manifest
 from upgrade_support import (
     V1,
     V2,
@@ -27,6 +30,10 @@ from upgrade_support import (
     run,
     wait_for,
 )
+
+from installer import releases
+from installer.manifest import Descriptor, ImageRecord
+from installer.state import Release
 
 pytestmark = pytest.mark.docker
 
@@ -211,3 +218,43 @@ def test_ctrl_c_during_health_wait_rolls_back(
     assert (target / ".env").read_bytes() == env_v1
     assert containers(docker_client, compose_project_name)["db"] == ("running", "healthy")
     assert not journal.exists()
+
+
+def test_rollback_moves_retagged_image_back(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """A later release loaded another image under the tag; the earlier release gets its own back."""
+    tag = f"airlock-test-retag/{uuid.uuid4().hex[:12]}:1"
+    built = []
+    for label in ("old", "new"):
+        dockerfile = f"FROM airlock-standin/base:latest\nLABEL airlock.test.retag={label}\n"
+        image, _ = docker_client.images.build(
+            fileobj=io.BytesIO(dockerfile.encode()), rm=True, labels={"airlock.test": label}
+        )
+        built.append(image.id)
+    old_id, new_id = built
+    try:
+        docker_client.api.tag(new_id, *tag.split(":"))
+        record = ImageRecord(
+            reference=tag,
+            source=f"127.0.0.1:5000/{tag}",
+            index_digest=None,
+            manifest_digest="sha256:" + "0" * 64,
+            manifest_media_type="application/vnd.docker.distribution.manifest.v2+json",
+            config=Descriptor("application/vnd.docker.container.image.v1+json", old_id, 1),
+            platform="linux/amd64",
+            layers=(),
+            load_tag=tag,
+        )
+        manifest = make_manifest([], images=(record,))
+        release = Release("1.0", 1, "sha256:" + "1" * 64, "2026-01-01T00:00:00Z", "p", [], [])
+        folder = releases.folder_of(tmp_path, release)
+        folder.mkdir(parents=True)
+        (folder / releases.RELEASE_MANIFEST).write_bytes(manifest.to_bytes())
+
+        releases.retag_images(docker_client, tmp_path, release)
+
+        assert docker_client.images.get(tag).id == old_id
+    finally:
+        for image_id in (new_id, old_id):
+            docker_client.images.remove(image_id, force=True)
