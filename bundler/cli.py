@@ -107,15 +107,19 @@ def build_command(
     )
     result = build(options, environ=os.environ, progress=make_reporter())
     manifest = result.manifest
-    click.echo(
-        f"wrote {result.output} ({format_amount(result.size, 'B')}): {manifest.name} "
-        f"{manifest.version}, {len(manifest.images)} images, {len(manifest.members)} members"
-    )
-    if result.parts is not None:
-        click.echo(
-            f"split into {len(result.parts.parts)} parts: {result.parts.parts[0].name} ... "
-            f"{result.parts.parts[-1].name}, index {result.parts.index.name}"
+    size = format_amount(result.size, "B")
+    if result.parts is None:
+        written = f"{result.output} ({size})"
+    else:
+        parts = result.parts.parts
+        written = (
+            f"{parts[0]} ... {parts[-1].name} and {result.parts.index.name} "
+            f"({size} in {len(parts)} parts)"
         )
+    click.echo(
+        f"wrote {written}: {manifest.name} {manifest.version}, "
+        f"{len(manifest.images)} images, {len(manifest.members)} members"
+    )
     if result.operator_variables:
         click.echo(
             "the operator must set these in .env before install: "

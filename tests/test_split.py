@@ -326,7 +326,10 @@ def test_build_split_writes_parts_that_verify(registry: str, tmp_path: Path) -> 
     )
 
     assert built.returncode == 0, built.stderr
-    assert "split into 3 parts: demo.airlock.001 ... demo.airlock.003" in built.stdout
+    assert built.stdout.startswith(
+        f"wrote {output}.001 ... demo.airlock.003 and demo.airlock.parts.json ("
+    )
+    assert " in 3 parts): demo 1.0.0, 1 images, " in built.stdout
     assert not output.exists()
     first = output.with_name("demo.airlock.001")
     parts_only = run_cli(
