@@ -53,7 +53,11 @@ from tests.registry_push import (
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "authentik"
 MIRRORS = ["--mirror", "docker.io=127.0.0.1:5000", "--mirror", "ghcr.io=127.0.0.1:5000"]
-CONTAINERD_SOCKET = Path("/run/docker/containerd/containerd.sock")
+# containerd's own socket, and the one of the containerd that dockerd starts itself.
+CONTAINERD_SOCKETS = (
+    Path("/run/containerd/containerd.sock"),
+    Path("/run/docker/containerd/containerd.sock"),
+)
 CTR_NAMESPACE = "airlock-test"
 
 BASE_LAYER = tar_layer({"base/os-release": b"NAME=airlock-test-base\n" * 200})
@@ -214,13 +218,14 @@ def test_skopeo_reads_store_as_oci_layout(shared_bundle: Path, tmp_path: Path) -
     shutil.which("ctr") is None, reason="ctr (containerd's client) is not installed"
 )
 def test_ctr_imports_store(shared_bundle: Path, tmp_path: Path) -> None:
-    if not CONTAINERD_SOCKET.exists():
-        pytest.skip(f"Docker engine's containerd socket {CONTAINERD_SOCKET} not found")
+    socket = next((path for path in CONTAINERD_SOCKETS if path.is_socket()), None)
+    if socket is None:
+        pytest.skip(f"no containerd socket at {' or '.join(map(str, CONTAINERD_SOCKETS))}")
     manifest = _read_manifest(shared_bundle)
     store = _extract_store(shared_bundle, tmp_path)
     archive = tmp_path / "store.tar"
     subprocess.run(["tar", "-C", str(store), "-cf", str(archive), "."], check=True, timeout=120)
-    ctr = ["ctr", "--address", str(CONTAINERD_SOCKET), "--namespace", CTR_NAMESPACE]
+    ctr = ["ctr", "--address", str(socket), "--namespace", CTR_NAMESPACE]
     wanted = [reference.parse(image.load_tag) for image in manifest.images]
 
     try:
@@ -246,7 +251,7 @@ def test_ctr_imports_store(shared_bundle: Path, tmp_path: Path) -> None:
             subprocess.run([*ctr, "images", "remove", str(ref)], capture_output=True, check=False)
         subprocess.run([*ctr, "content", "prune", "references"], capture_output=True, check=False)
         subprocess.run(
-            ["ctr", "--address", str(CONTAINERD_SOCKET), "namespaces", "remove", CTR_NAMESPACE],
+            ["ctr", "--address", str(socket), "namespaces", "remove", CTR_NAMESPACE],
             capture_output=True,
             check=False,
         )
