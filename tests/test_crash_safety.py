@@ -34,6 +34,7 @@ from upgrade_support import (
 )
 
 from installer import dotenv, journal
+from installer.install import Interrupts
 from installer.lock import TargetLock
 from installer.state import load_state
 
@@ -191,7 +192,7 @@ def test_killed_rollback_finishes_on_rerun(
     assert containers(docker_client, project) == V1_SERVICES
 
 
-def test_killed_upgrade_then_rollback_restores_previous(
+def test_rollback_after_killed_upgrade(
     shared_target: tuple[Path, dict[str, str]],
     bundles,  # type: ignore[no-untyped-def]
     keys: Path,
@@ -220,7 +221,7 @@ def test_killed_upgrade_then_rollback_restores_previous(
     assert not (target / ".airlock" / "journal.json").exists()
 
 
-def test_concurrent_install_is_refused_naming_holder(
+def test_concurrent_install_names_lock_holder(
     shared_target: tuple[Path, dict[str, str]],
     bundles,  # type: ignore[no-untyped-def]
     keys: Path,
@@ -282,3 +283,52 @@ def test_simultaneous_installs_one_wins(
     assert codes == [0, 1], first_out + second_out
     loser = first_out if first.returncode == 1 else second_out
     assert "error: another airlock-install (process " in loser[1]
+
+
+@pytest.mark.parametrize("phase", [journal.FILES_WRITTEN, journal.STARTED])
+def test_killed_first_install_finishes_on_rerun(
+    phase: str,
+    bundles,  # type: ignore[no-untyped-def]
+    keys: Path,
+    tmp_path: Path,
+    compose_project_name: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    target = make_target(tmp_path / "target", compose_project_name)
+    host_env = {
+        "AIRLOCK_HOST_RECORD": str(tmp_path / "host-record.json"),
+        "AIRLOCK_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+
+    killed = install(
+        bundles["1.0"], target, keys, env={**host_env, journal.KILL_AT_VARIABLE: phase}
+    )
+
+    assert killed.returncode == KILLED, killed.stdout + killed.stderr
+    assert not (target / ".airlock" / "state.json").exists()
+    secret = env_values(target)["DB_PASS"]
+
+    rerun = install(bundles["1.0"], target, keys, env=host_env)
+
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert rerun.stdout.splitlines()[0].startswith("note: resumed an earlier install to 1.0 ")
+    assert current_version(target) == "1.0"
+    assert env_values(target)["DB_PASS"] == secret
+    assert containers(docker_client, compose_project_name) == V1_SERVICES
+
+
+def test_interrupts_wait_for_safe_point() -> None:
+    """Outside a wait, Ctrl-C is recorded; a second one, or one during a wait, raises."""
+    interrupts = Interrupts()
+
+    interrupts.request()
+
+    assert interrupts.requested
+    with pytest.raises(KeyboardInterrupt):
+        interrupts.request()
+    with pytest.raises(KeyboardInterrupt), interrupts.interruptible():
+        pass
+
+    waiting = Interrupts()
+    with pytest.raises(KeyboardInterrupt), waiting.interruptible():
+        waiting.request()

@@ -1,4 +1,4 @@
-"""`plan` and `install --dry-run` say what an install will do, and change nothing."""
+"""`plan` and `install --dry-run` describe what an install will do, and change nothing."""
 
 from __future__ import annotations
 

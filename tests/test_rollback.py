@@ -94,7 +94,7 @@ def test_unhealthy_upgrade_rolls_back_to_previous(
     assert env_values(target)["DB_PASS"] not in result.stdout + result.stderr
 
 
-def test_rollback_to_version_restores_files_and_services(
+def test_rollback_to_version_restores_release(
     bundles, keys: Path, target: Path, compose_project_name: str, docker_client: docker.DockerClient
 ) -> None:  # type: ignore[no-untyped-def]
     assert install(bundles["1.0"], target, keys).returncode == 0
@@ -157,7 +157,7 @@ def test_rollback_to_unknown_version_lists_known(bundles, keys: Path, target: Pa
     )
 
 
-def test_failed_first_install_takes_project_down_keeping_volumes(
+def test_failed_first_install_keeps_volumes(
     bundles, keys: Path, target: Path, compose_project_name: str, docker_client: docker.DockerClient
 ) -> None:  # type: ignore[no-untyped-def]
     result = install(bundles["3.0"], target, keys)

@@ -82,7 +82,7 @@ def test_merge_keeps_secrets_and_operator_values() -> None:
     assert change.removed == []
 
 
-def test_merge_removes_only_unchanged_keys_of_previous_bundle() -> None:
+def test_merge_removes_unchanged_dropped_keys() -> None:
     previous = make_manifest([], env_set={"APP_TAG": "1.0", "OLD_A": "x", "OLD_B": "y"})
     manifest = make_manifest([], env_set={"APP_TAG": "2.0"}, env_generate=())
     live = "COMPOSE_PROJECT_NAME=demo\nAPP_TAG=1.0\nOLD_A=x\n# the operator changed this one\nOLD_B=mine\n"

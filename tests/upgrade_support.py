@@ -134,7 +134,7 @@ def free_port() -> int:
 
 
 def make_target(folder: Path, project_name: str) -> Path:
-    """Create a target whose .env holds a free port, the project name and an operator value."""
+    """Create a target whose .env contains a free port, the project name and an operator value."""
     folder.mkdir(parents=True)
     (folder / ".env").write_text(
         f"COMPOSE_PROJECT_NAME={project_name}\nAPP_PORT={free_port()}\n"
