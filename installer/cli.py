@@ -13,6 +13,7 @@ from installer import __version__, engine
 from installer._cli_common import EXIT_CODES_HELP, configure_logging, report_errors
 from installer._cli_trust import VerificationChecks, trust, verification_options
 from installer.compose_cli import service_status
+from installer.errors import UsageError
 from installer.inspect import describe_bundle, format_description
 from installer.install import (
     DEFAULT_HEALTH_TIMEOUT,
@@ -285,9 +286,14 @@ def plan(
 def status(target: Path, as_json: bool) -> None:
     """Show the current release in --target, its services and the earlier releases."""
     state = load_state(target)
-    if state is None:
-        raise click.UsageError(f"nothing is installed in {target}")
     interrupted = load_journal(target)
+    if state is None:
+        if interrupted is not None:
+            raise UsageError(
+                f"nothing is installed in {target}: {interrupted.describe()}",
+                hint="run the same install again to finish it",
+            )
+        raise click.UsageError(f"nothing is installed in {target}")
     services = service_status(engine.connect(), state.current.project_name)
     if as_json:
         data = state.to_json()

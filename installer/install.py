@@ -470,9 +470,11 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
     )
     if same_release and state is not None:
         release = state.current
+    # A release installed again with --allow-downgrade replaces its older entry.
     history = [] if state is None else [*state.history]
     if state is not None and not same_release:
         history.append(state.current)
+    history = [item for item in history if item.manifest_digest != release.manifest_digest]
     highest = max(manifest.sequence, state.highest_sequence if state else 0)
     save_state(target, InstallState(manifest.name, release, history, highest))
     releases.remove_stale(
@@ -539,6 +541,8 @@ def _switch(
     files += context.compose_run.write_override(target)
     # The override files are kept with the release, so a rollback to it gets them back.
     overrides = releases.save_overrides(target, manifest, files[len(names) :])
+    # NOTE: a SIGKILL during `up` leaves the docker-compose child running,
+    # and a rerun started at once may race it for the same containers.
     compose_command.up(target, files, plan.project_name)
     _checkpoint(context, writer, STARTED)
 
@@ -692,6 +696,14 @@ def rollback(
     target = options.target.resolve()
     state = load_state(target)
     if state is None:
+        interrupted = load_journal(target)
+        if interrupted is not None:
+            # NOTE: an interrupted first install has no earlier release to
+            # bring back; finishing it is the way forward.
+            raise UsageError(
+                f"nothing to roll back to in {target}: {interrupted.describe()}",
+                hint="run the same install again to finish it",
+            )
         raise UsageError(f"nothing is installed in {target}")
     with TargetLock(target):
         state = load_state(target)

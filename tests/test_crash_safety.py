@@ -307,6 +307,12 @@ def test_killed_first_install_finishes_on_rerun(
     assert killed.returncode == KILLED, killed.stdout + killed.stderr
     assert not (target / ".airlock" / "state.json").exists()
     secret = env_values(target)["DB_PASS"]
+    status = run("airlock-install", "status", "--target", str(target), env=host_env)
+    assert status.returncode == 2
+    error, hint = status.stderr.splitlines()
+    assert error.startswith(f"error: nothing is installed in {target}: an earlier install to 1.0 ")
+    assert error.endswith(f"stopped after phase {phase}")
+    assert hint == "hint: run the same install again to finish it"
 
     rerun = install(bundles["1.0"], target, keys, env=host_env)
 
