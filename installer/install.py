@@ -362,9 +362,13 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
     # step is safe to repeat. Another bundle first gets the target back to
     # the release that ran before.
     recovered = None
+    earlier_phases: list[str] = []
     if interrupted is not None:
         if interrupted.to_digest == verified.manifest_digest and interrupted.operation == "install":
             recovered = f"resumed {interrupted.describe()}"
+            # Kept, so the journal still shows that the target changed if
+            # this run stops too.
+            earlier_phases = list(interrupted.phases)
         elif interrupted.target_changed():
             _undo_interrupted(context, interrupted, state)
             recovered = f"undid {interrupted.describe()}"
@@ -390,6 +394,7 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
             from_sequence=state.current.sequence if state else None,
             bundle=str(options.bundle),
             compose_files=releases.compose_names(manifest),
+            phases=earlier_phases,
         ),
         environ,
     )
@@ -436,6 +441,12 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
             releases.save_env(target, state.current, live)
         _checkpoint(context, writer, PREVIOUS_SAVED)
     except KeyboardInterrupt as err:
+        if writer.journal.target_changed():
+            raise InstallInterruptedError(
+                "interrupted (Ctrl-C) while resuming an interrupted install: the target "
+                f"still has files of {manifest.version}",
+                hint="run the same install again, or `airlock-install rollback`",
+            ) from err
         writer.finish()
         running = (
             f"{state.current.version} is still installed and running"
@@ -447,8 +458,10 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
             hint="run the same install again when ready",
         ) from err
     except BaseException:
-        # Nothing in the target's files or containers changed.
-        writer.finish()
+        # This run changed no file or container of the target. The journal
+        # stays only when a resumed run had, so the next run still knows.
+        if not writer.journal.target_changed():
+            writer.finish()
         raise
 
     # 9. Files, then compose; a failure from here on brings the previous release back.

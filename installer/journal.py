@@ -93,7 +93,13 @@ class Journal:
         """Return whether the target's compose files or `.env` may already be the new release's."""
         if self.operation != "install":
             return True
-        return INSTALL_PHASES.index(self.phase) >= INSTALL_PHASES.index(PREVIOUS_SAVED)
+        # `phases` also holds those of an interrupted run this one resumed.
+        first_change = INSTALL_PHASES.index(PREVIOUS_SAVED)
+        return any(
+            INSTALL_PHASES.index(phase) >= first_change
+            for phase in self.phases
+            if phase in INSTALL_PHASES
+        )
 
     def describe(self) -> str:
         """Say in one line which operation was interrupted and where."""

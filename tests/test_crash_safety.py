@@ -338,3 +338,36 @@ def test_interrupts_wait_for_safe_point() -> None:
     waiting = Interrupts()
     with pytest.raises(KeyboardInterrupt), waiting.interruptible():
         waiting.request()
+
+
+def test_twice_killed_upgrade_keeps_changed_mark(
+    shared_target: tuple[Path, dict[str, str]],
+    bundles,  # type: ignore[no-untyped-def]
+    keys: Path,
+    project: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    """A resumed run killed before its own first change still records the earlier run's."""
+    target, host_env = shared_target
+    _bring_to("1.0", target, bundles, keys, host_env)
+    first = install(
+        bundles["2.0"], target, keys, env={**host_env, journal.KILL_AT_VARIABLE: "files-written"}
+    )
+    assert first.returncode == KILLED
+
+    second = install(
+        bundles["2.0"], target, keys, env={**host_env, journal.KILL_AT_VARIABLE: "verified"}
+    )
+
+    assert second.returncode == KILLED
+    recorded = journal.load_journal(target)
+    assert recorded is not None
+    assert recorded.phase == "verified"
+    assert "files-written" in recorded.phases
+    assert recorded.target_changed()
+
+    third = install(bundles["2.0"], target, keys, env=host_env)
+
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert current_version(target) == "2.0"
+    assert containers(docker_client, project) == V2_SERVICES
