@@ -65,6 +65,10 @@ USTAR_NAME_BYTES = 100
 _SIGNATURE_NAME = re.compile(r"^[0-9a-f]{64}$")
 _REDO_HINT = "the copy is damaged or was altered; copy the bundle again from the source"
 _REBUILD_HINT = "airlock-bundle never writes this; rebuild the bundle and copy it again"
+_UNSAFE_HINT = (
+    "airlock-bundle writes only regular files at relative paths, so this archive was "
+    "altered; do not unpack it, and get a fresh copy from the publisher"
+)
 
 
 @dataclass
@@ -247,25 +251,33 @@ class _CountingReader:
 def check_member_path(name: str) -> None:
     """Reject names that are absolute, climb with `..`, or are otherwise ambiguous."""
     if not name or "\x00" in name or "\\" in name or not name.isprintable():
-        raise UnsafeMemberError(f"bundle member {shown(name)!r} has an unsafe name")
+        raise UnsafeMemberError(
+            f"bundle member {shown(name)!r} has an unsafe name", hint=_UNSAFE_HINT
+        )
     path = PurePosixPath(name)
     if path.is_absolute():
-        raise UnsafeMemberError(f"bundle member {name} has an absolute path")
+        raise UnsafeMemberError(f"bundle member {name} has an absolute path", hint=_UNSAFE_HINT)
     parts = name.split("/")
     if any(part in ("", ".", "..") for part in parts):
-        raise UnsafeMemberError(f"bundle member {name} has an empty, '.' or '..' path component")
+        raise UnsafeMemberError(
+            f"bundle member {name} has an empty, '.' or '..' path component", hint=_UNSAFE_HINT
+        )
 
 
 def _check_regular(info: tarfile.TarInfo) -> None:
     check_member_path(info.name)
     if info.islnk() or info.issym():
-        raise UnsafeMemberError(f"bundle member {info.name} is a link to {shown(info.linkname)}")
+        raise UnsafeMemberError(
+            f"bundle member {info.name} is a link to {shown(info.linkname)}", hint=_UNSAFE_HINT
+        )
     if info.isdev() or info.isfifo():
-        raise UnsafeMemberError(f"bundle member {info.name} is a device or FIFO")
+        raise UnsafeMemberError(f"bundle member {info.name} is a device or FIFO", hint=_UNSAFE_HINT)
     # CONTTYPE and unknown types also pass isfile(); only ustar's two
     # regular-file types are plain files.
     if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE) or info.sparse is not None:
-        raise UnsafeMemberError(f"bundle member {info.name} is not a regular file")
+        raise UnsafeMemberError(
+            f"bundle member {info.name} is not a regular file", hint=_UNSAFE_HINT
+        )
 
 
 def _read_small(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> bytes:

@@ -6,6 +6,10 @@ the genuine bundle is installed and healthy. The test asserts the exact
 error line, exit code 3, and that the engine's images, the registry's
 catalog, the target folder (every file's bytes and mode), the trust store
 and the host record are exactly what they were before.
+
+NOTE: the image list and the catalog are compared whole, so another
+process building images or pushing to the registry at the same time
+makes these tests fail.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ MIRRORS = ["--mirror", "docker.io=127.0.0.1:5000", "--mirror", "ghcr.io=127.0.0.
 MANIFEST = "airlock/manifest.json"
 COMPOSE = "compose/compose.yml"
 REDO = "hint: the copy is damaged or was altered; copy the bundle again from the source"
+REBUILD = "hint: airlock-bundle never writes this; rebuild the bundle and copy it again"
+UNSAFE = (
+    "hint: airlock-bundle writes only regular files at relative paths, so this archive was "
+    "altered; do not unpack it, and get a fresh copy from the publisher"
+)
 
 
 def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -442,6 +451,7 @@ def traversal_member(host: Host, out: Path) -> tuple[bytes, list[str]]:
     return _insert_before(host, COMPOSE, raw), [
         "error: bundle member compose/../../../etc/cron.d/airlock has an empty, '.' or '..' "
         "path component",
+        UNSAFE,
     ]
 
 
@@ -455,6 +465,7 @@ def absolute_member(host: Host, out: Path) -> tuple[bytes, list[str]]:
     raw = _with_checksum(header) + payload + b"\0" * (-len(payload) % tarfile.BLOCKSIZE)
     return _insert_before(host, COMPOSE, raw), [
         "error: bundle member /etc/cron.d/airlock has an absolute path",
+        UNSAFE,
     ]
 
 
@@ -468,6 +479,7 @@ def _link(kind: bytes) -> Attack:
         end = entry.data + entry.size + (-entry.size % tarfile.BLOCKSIZE)
         return data[: entry.header] + info.tobuf(format=tarfile.USTAR_FORMAT) + data[end:], [
             f"error: bundle member {COMPOSE} is a link to /etc/shadow",
+            UNSAFE,
         ]
 
     return attack
@@ -480,6 +492,7 @@ def _device(kind: bytes) -> Attack:
         info.devmajor, info.devminor = 1, 3
         return _insert_before(host, COMPOSE, info.tobuf(format=tarfile.USTAR_FORMAT)), [
             "error: bundle member compose/null0 is a device or FIFO",
+            UNSAFE,
         ]
 
     return attack
@@ -489,6 +502,7 @@ def pax_rename(host: Host, out: Path) -> tuple[bytes, list[str]]:
     raw = _special_header("././@PaxHeader", tarfile.XHDTYPE, _pax_records(path="compose/evil.yml"))
     return _insert_before(host, COMPOSE, raw), [
         f"error: pax header renames bundle member {COMPOSE} to compose/evil.yml",
+        REBUILD,
     ]
 
 
@@ -508,6 +522,7 @@ def pax_unknown_record(host: Host, out: Path) -> tuple[bytes, list[str]]:
     return _insert_before(host, COMPOSE, raw), [
         f"error: bundle member {COMPOSE} has pax header records "
         "SCHILY.xattr.security.capability, which airlock bundles never use",
+        REBUILD,
     ]
 
 
@@ -516,6 +531,7 @@ def global_pax_header(host: Host, out: Path) -> tuple[bytes, list[str]]:
     at = _entry(host.bundle, COMPOSE).header
     return _insert_before(host, COMPOSE, raw), [
         f"error: bundle has a global pax header at byte {at}",
+        REBUILD,
     ]
 
 
@@ -524,6 +540,7 @@ def gnu_long_name(host: Host, out: Path) -> tuple[bytes, list[str]]:
     at = _entry(host.bundle, COMPOSE).header
     return _insert_before(host, COMPOSE, raw), [
         f"error: bundle has a GNU long-name header at byte {at}",
+        REBUILD,
     ]
 
 
@@ -533,7 +550,7 @@ def gnu_sparse_member(host: Host, out: Path) -> tuple[bytes, list[str]]:
     header = bytearray(data[entry.header : entry.header + tarfile.BLOCKSIZE])
     header[156:157] = tarfile.GNUTYPE_SPARSE
     data[entry.header : entry.header + tarfile.BLOCKSIZE] = _with_checksum(header)
-    return bytes(data), [f"error: bundle member {COMPOSE} is a GNU sparse file"]
+    return bytes(data), [f"error: bundle member {COMPOSE} is a GNU sparse file", REBUILD]
 
 
 def huge_pax_header(host: Host, out: Path) -> tuple[bytes, list[str]]:
@@ -544,6 +561,7 @@ def huge_pax_header(host: Host, out: Path) -> tuple[bytes, list[str]]:
     at = _entry(host.bundle, COMPOSE).header
     return _insert_before(host, COMPOSE, info.tobuf(format=tarfile.USTAR_FORMAT)), [
         f"error: bundle has a pax header of {2**30} bytes at byte {at}, more than the 65536 allowed",
+        REBUILD,
     ]
 
 
@@ -552,6 +570,7 @@ def oversized_manifest(host: Host, out: Path) -> tuple[bytes, list[str]]:
     _rewrite(host.bundle, out, lambda name, data: [(name, big if name == MANIFEST else data)])
     return out.read_bytes(), [
         f"error: bundle member {MANIFEST} is {len(big)} bytes, more than the 16777216 allowed",
+        REBUILD,
     ]
 
 
