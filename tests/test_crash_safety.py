@@ -23,6 +23,7 @@ import pytest
 from upgrade_support import (
     V1,
     V2,
+    ReleaseSpec,
     build_release,
     containers,
     current_version,
@@ -31,6 +32,7 @@ from upgrade_support import (
     make_keys,
     make_target,
     run,
+    state,
 )
 
 from installer import dotenv, journal
@@ -41,6 +43,8 @@ from installer.state import load_state
 pytestmark = pytest.mark.docker
 
 KILLED = -signal.SIGKILL
+# Another bundle after 2.0, for an install that follows an interrupted one.
+V2_1 = ReleaseSpec("2.1", 3, with_cache=False)
 V1_SERVICES = {"db": ("running", "healthy"), "cache": ("running", "healthy")}
 V2_SERVICES = {"db": ("running", "healthy")}
 
@@ -53,7 +57,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def bundles(standins: dict[str, str], keys: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     folder = tmp_path_factory.mktemp("bundles")
-    return {release.version: build_release(release, folder, keys) for release in (V1, V2)}
+    releases = (V1, V2, V2_1)
+    return {release.version: build_release(release, folder, keys) for release in releases}
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +376,36 @@ def test_twice_killed_upgrade_keeps_changed_mark(
     assert third.returncode == 0, third.stdout + third.stderr
     assert current_version(target) == "2.0"
     assert containers(docker_client, project) == V2_SERVICES
+
+
+def test_other_bundle_undoes_interrupted_install(
+    bundles,  # type: ignore[no-untyped-def]
+    keys: Path,
+    tmp_path: Path,
+    compose_project_name: str,
+    docker_client: docker.DockerClient,
+) -> None:
+    target = make_target(tmp_path / "target", compose_project_name)
+    host_env = {
+        "AIRLOCK_HOST_RECORD": str(tmp_path / "host-record.json"),
+        "AIRLOCK_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    assert install(bundles["1.0"], target, keys, env=host_env).returncode == 0
+    env_v1 = (target / ".env").read_text()
+    killed = install(
+        bundles["2.0"], target, keys, env={**host_env, journal.KILL_AT_VARIABLE: "files-written"}
+    )
+    assert killed.returncode == KILLED
+
+    result = install(bundles["2.1"], target, keys, env=host_env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    note = result.stdout.splitlines()[0]
+    assert note.startswith(
+        "note: undid an earlier install from 1.0 (sequence 1) to 2.0 (sequence 2), process "
+    )
+    assert note.endswith("stopped after phase files-written")
+    assert current_version(target) == "2.1"
+    assert containers(docker_client, compose_project_name) == V2_SERVICES
+    assert (target / ".airlock" / "releases" / "1-1.0" / "env").read_text() == env_v1
+    assert [release["version"] for release in state(target)["history"]] == ["1.0"]  # type: ignore[index]
