@@ -56,6 +56,7 @@ from installer.progress import NullProgress, ProgressReporter
 from installer.pull_policy import ComposeRun, PullPolicyMode, prepare_run
 from installer.signing import TrustedKey
 from installer.state import InstallState, Release, load_state, save_state, write_atomic
+from installer.store_check import check_image_store
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +184,15 @@ def _staging_dir(target: Path) -> Path:
 
 def _verify(options: InstallOptions, staging: Path, progress: ProgressReporter) -> VerifiedBundle:
     with open_bundle(options.bundle) as stream:
-        return read_bundle(
+        verified = read_bundle(
             stream,
             options.trusted,
             stage_to=staging,
             progress=progress,
             total_bytes=options.bundle.stat().st_size,
         )
+    check_image_store(staging, verified.manifest)
+    return verified
 
 
 def _free_space_kwargs(options: InstallOptions) -> dict[str, FreeSpace]:
