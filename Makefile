@@ -49,6 +49,8 @@ lint: venv
 	$(BIN)/ruff check bundler installer schemas tests
 	$(BIN)/mypy bundler installer schemas
 
+bench: venv services ; $(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean-demo:
 	-cd $(DEMO_TARGET) && docker-compose down --remove-orphans
 	rm -rf $(DEMO_DIR) dist
