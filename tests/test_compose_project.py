@@ -24,7 +24,8 @@ from installer.compose import (
     variable_uses,
 )
 from installer.errors import ComposeError, InterpolationError
-from installer.variable_sources import describe_sources
+from installer.manifest import GeneratedSecret, Manifest
+from installer.variable_sources import describe_manifest_sources, describe_sources
 
 DATA = Path(__file__).parent / "data" / "compose"
 AUTHENTIK_2026 = DATA / "authentik-2026.2" / "compose.yml"
@@ -885,3 +886,33 @@ def test_build_logs_variable_sources_without_secrets(
         "variable UNSET_VAR: unset (empty string) (compose.yml: services.app.environment.EXTRA)",
     ]
     assert not any(environ["SECRET_KEY"] in message for message in messages)
+
+
+def test_describe_manifest_sources_reads_staged_files(tmp_path: Path) -> None:
+    compose_file = write(tmp_path, "compose.yml", SOURCES_COMPOSE)
+    manifest = Manifest(
+        name="sources",
+        version="1",
+        sequence=1,
+        created="1970-01-01T00:00:00Z",
+        builder="test",
+        platform="linux/amd64",
+        compose_files=("compose/compose.yml",),
+        project_name="sources",
+        env_set={"APP_TAG": "16-alpine"},
+        env_generate=(GeneratedSecret("SECRET_KEY", 48),),
+        env_required=("DB_PASS",),
+        images=(),
+        members=(),
+    )
+
+    sources = describe_manifest_sources(manifest, [compose_file], {"MODE": "debug"})
+
+    assert [(source.name, source.source) for source in sources] == [
+        ("APP_TAG", "spec env.set"),
+        ("DB_PASS", "operator-provided (required)"),
+        ("MODE", "operator's .env"),
+        ("REGISTRY", "compose file default"),
+        ("SECRET_KEY", "generated secret"),
+        ("UNSET_VAR", "unset (empty string)"),
+    ]
