@@ -123,6 +123,8 @@ class InstallOptions:
     audit_log: Path | None = None
     # Host record of the highest sequence installed per bundle name, or None.
     host_record: Path | None = None
+    # Trust store a bundle's trust update is checked against and applied to, or None.
+    trust_store: Path | None = None
     # Filled in by policy.check_release for the audit record.
     audit_facts: BundleFacts = field(default_factory=BundleFacts, compare=False, repr=False)
     # What to do about services whose pull_policy or build: would pull or build.
