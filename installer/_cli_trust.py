@@ -78,6 +78,7 @@ class VerificationChecks:
             "ignore_expiry": self.ignore_expiry,
             "audit_log": self.audit_log if audited else None,
             "host_record": self.host_record(os.environ),
+            "trust_store": self.trust_store,
         }
 
 

@@ -26,7 +26,7 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from installer import manifest as manifest_module
 from installer.constants import (
@@ -45,6 +45,9 @@ from installer.errors import (
 from installer.manifest import Manifest, Member
 from installer.progress import NullProgress, ProgressReporter
 from installer.signing import TrustedKey, check_signer_scope, verify_signatures
+
+if TYPE_CHECKING:
+    from installer.trust import TrustUpdate
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +101,13 @@ class VerifiedBundle:
 
 @dataclass
 class BundleFacts:
-    """Facts the reader learnt about a bundle before it was rejected, for the audit log.
+    """Facts known about a bundle, for the records written after a verify or install.
 
-    Fields stay None until the reader has read and checked them: the
-    manifest digest is known once the manifest is read, the signers once the
-    signatures verified, the name, version and sequence once the manifest
-    parsed.
+    The reader fills them in as it goes, so a rejection carries what was
+    known before it: the manifest digest once the manifest is read, the
+    signers once the signatures verified, the name, version and sequence
+    once the manifest parsed. `policy.check_release` adds the trust update
+    the bundle carries, which the install applies when it succeeds.
     """
 
     manifest_digest: str | None = None
@@ -111,6 +115,7 @@ class BundleFacts:
     name: str | None = None
     version: str | None = None
     sequence: int | None = None
+    trust_update: TrustUpdate | None = None
 
 
 _FACTS_ATTRIBUTE = "bundle_facts"

@@ -30,7 +30,14 @@ from installer.errors import AirlockError, BundleRejectedError, DowngradeError, 
 from installer.progress import ProgressReporter
 from installer.signing import TrustedKey, check_signer_scope
 from installer.state import InstallState, write_atomic
-from installer.trust import DEFAULT_TRUST_STORE
+from installer.trust import (
+    DEFAULT_TRUST_STORE,
+    TRUST_UPDATE_PATH,
+    TrustStore,
+    TrustUpdate,
+    TrustUpdateError,
+    parse_trust_update,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +257,62 @@ def _check_host_record(record: HostRecord, verified: VerifiedBundle, allow: bool
     )
 
 
+# Trust updates carried in a bundle.
+
+
+def check_trust_update(
+    verified: VerifiedBundle, trust_store: Path | None, *, threshold: int = 1
+) -> TrustUpdate | None:
+    """Return the bundle's checked trust update, or None when it carries none.
+
+    Raises `TrustUpdateError` when the update is invalid, when no trust
+    store is in use, or when fewer than `threshold` of the bundle's signers
+    are keys of that store.
+    """
+    if verified.manifest.member(TRUST_UPDATE_PATH) is None:
+        return None
+    if verified.staging_dir is None:
+        raise ValueError("a trust update is read from a staged bundle")
+    update = parse_trust_update(verified.staged(TRUST_UPDATE_PATH).read_bytes())
+    if trust_store is None:
+        raise TrustUpdateError(
+            "bundle carries a trust update, but this run uses no trust store",
+            hint="install it with the trust store (no --key or --trust) so the update can be applied",
+        )
+    TrustStore(trust_store).check_update_signers(update, verified.signers, threshold)
+    return update
+
+
+def _apply_trust_update(
+    options: InstallRecordOptions, facts: BundleFacts, environ: Mapping[str, str] | None
+) -> None:
+    update, store_path = facts.trust_update, options.trust_store
+    if update is None or store_path is None:
+        return
+    error: BaseException | None = None
+    changes = []
+    try:
+        changes = TrustStore(store_path).apply_update(update)
+    except (OSError, AirlockError) as err:
+        logger.error("could not apply the bundle's trust update to %s: %s", store_path, err)
+        error = err
+    if options.audit_log is None:
+        return
+    flags = {
+        "trust_store": str(store_path),
+        "changes": [
+            {"action": c.action, "key_id": c.entry.key_id, "name": c.entry.name} for c in changes
+        ],
+    }
+    record = audit.facts_record(
+        "trust-update", facts, error=error, flags=flags, bundle_file=options.bundle
+    )
+    try:
+        audit.append(options.audit_log, record, environ=environ)
+    except AirlockError as err:
+        logger.error("this trust update is not in the audit log: %s", err)
+
+
 # The seam install() calls.
 
 
@@ -261,6 +324,7 @@ def check_release(
     threshold: int = 1,
     ignore_expiry: bool = False,
     host_record: Path | None = None,
+    trust_store: Path | None = None,
     facts: BundleFacts | None = None,
     now: datetime | None = None,
 ) -> bool:
@@ -270,12 +334,15 @@ def check_release(
     2. It has not expired (`ignore_expiry` overrides).
     3. It is not older than the highest release of its name installed on
        this host, as the host record file `host_record` stores it.
-    4. The target holds the same bundle name, no higher sequence, and no
+    4. A trust update it carries is valid and signed by `threshold` keys
+       of the trust store `trust_store`.
+    5. The target holds the same bundle name, no higher sequence, and no
        other bundle under this sequence.
 
-    `allow` (`--allow-downgrade`) lets 3 and 4 pass for an older release.
+    `allow` (`--allow-downgrade`) lets 3 and 5 pass for an older release.
     When `facts` is given it is filled in with the bundle's name, version,
-    sequence, digest and signers, for the audit record of the install.
+    sequence, digest, signers and trust update, for what the install
+    records and applies when it succeeds.
     """
     if facts is not None:
         known = facts_of_verified(verified)
@@ -285,6 +352,9 @@ def check_release(
     check_expiry(verified, now=now, ignore_expiry=ignore_expiry)
     if host_record is not None:
         _check_host_record(load_host_record(host_record), verified, allow)
+    update = check_trust_update(verified, trust_store, threshold=threshold)
+    if facts is not None:
+        facts.trust_update = update
 
     manifest = verified.manifest
     if state is None:
@@ -333,6 +403,8 @@ class InstallRecordOptions(Protocol):
     @property
     def host_record(self) -> Path | None: ...
     @property
+    def trust_store(self) -> Path | None: ...
+    @property
     def audit_facts(self) -> BundleFacts: ...
 
 
@@ -342,6 +414,7 @@ def release_checks(options: InstallRecordOptions) -> dict[str, Any]:
         "threshold": options.threshold,
         "ignore_expiry": options.ignore_expiry,
         "host_record": options.host_record,
+        "trust_store": options.trust_store,
         "facts": options.audit_facts,
     }
 
@@ -353,10 +426,10 @@ def record_install(
     error: BaseException | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> None:
-    """Record a finished install: the host record on success, the audit log always.
+    """Record a finished install: the host record and trust update on success, the audit log always.
 
     Called after the target changed (or failed to), so a failure to write
-    either record is logged as an error and not raised: raising would tell
+    any of them is logged as an error and not raised: raising would tell
     the operator the install failed when it did not.
     """
     facts = options.audit_facts
@@ -367,6 +440,8 @@ def record_install(
             record_installed(options.host_record, facts, target)
         except (OSError, AirlockError) as err:
             logger.error("could not update host record %s: %s", options.host_record, err)
+    if error is None:
+        _apply_trust_update(options, facts, environ)
     if options.audit_log is None:
         return
     flags = {

@@ -12,11 +12,18 @@ moves to `revoked/`, which `--trust DIR` pointed at the store does not
 read. Every change takes an exclusive lock and replaces the
 index atomically.
 
-TODO: accept a trust update carried in a bundle (keys to add and to
-revoke, signed by a key the store already trusts) and apply it after the
-bundle installs, so a key can be rotated without a `trust add` on every
-host. Until then the store changes only through `trust add` and `trust
-remove`.
+A bundle may carry a trust update, `airlock/trust-update.json`, listed
+in its manifest like any member and so signed with it:
+
+    {"version": 1,
+     "add": [{"name": "release-2027", "public_key": "-----BEGIN PUBLIC KEY-----...",
+              "bundles": ["authentik"]}],
+     "revoke": ["<key id>"]}
+
+It is applied after the bundle installs, and only when keys already in
+this store signed the bundle (as many as the install's threshold). That is
+how a key is rotated on every host: a transition release signed with the
+old key adds the new one, and a later one revokes the old key.
 """
 
 from __future__ import annotations
@@ -33,10 +40,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from installer.errors import UsageError
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from installer.errors import BundleRejectedError, UsageError
 from installer.signing import (
     PUBLIC_KEY_SUFFIX,
     TrustedKey,
+    key_id,
     load_public_key,
     load_trusted_keys,
 )
@@ -50,6 +61,8 @@ INDEX_FILE = "trust.json"
 REVOKED_DIR = "revoked"
 LOCK_FILE = ".lock"
 INDEX_VERSION = 1
+TRUST_UPDATE_PATH = "airlock/trust-update.json"
+TRUST_UPDATE_VERSION = 1
 # Key names appear in messages and file listings; bundle names follow the
 # manifest schema's pattern for `name`.
 _KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -96,6 +109,84 @@ class TrustChange:
     action: str
     entry: TrustEntry
     previous: TrustEntry | None = None
+
+
+class TrustUpdateError(BundleRejectedError):
+    """A bundle's trust update is malformed or not signed by a key this store trusts."""
+
+
+@dataclass(frozen=True)
+class KeyToAdd:
+    """A public key a trust update adds, as PEM text with its key id."""
+
+    key_id: str
+    name: str
+    bundles: tuple[str, ...]
+    pem: bytes
+
+
+@dataclass(frozen=True)
+class TrustUpdate:
+    """The keys a bundle's trust update adds and the key ids it revokes."""
+
+    add: tuple[KeyToAdd, ...]
+    revoke: tuple[str, ...]
+
+
+def _update_error(problem: str) -> TrustUpdateError:
+    return TrustUpdateError(
+        f"trust update {TRUST_UPDATE_PATH} is invalid: {problem}",
+        hint="the publisher must rebuild the bundle with a valid trust update",
+    )
+
+
+def _parse_key_to_add(item: Any, position: int) -> KeyToAdd:
+    where = f"add[{position}]"
+    if not isinstance(item, dict) or not isinstance(item.get("public_key"), str):
+        raise _update_error(f"{where} needs a public_key (PEM text)")
+    name = item.get("name")
+    if not isinstance(name, str) or not _KEY_NAME.match(name):
+        raise _update_error(f"{where}.name {name!r} is not a key name")
+    bundles = item.get("bundles", [])
+    if not isinstance(bundles, list) or not all(
+        isinstance(b, str) and _BUNDLE_NAME.match(b) for b in bundles
+    ):
+        raise _update_error(f"{where}.bundles must be a list of bundle names")
+    pem = item["public_key"].encode("ascii", "replace")
+    try:
+        public_key = serialization.load_pem_public_key(pem)
+    except ValueError as err:
+        raise _update_error(f"{where}.public_key is not a PEM public key") from err
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise _update_error(f"{where}.public_key is a {type(public_key).__name__}, not Ed25519")
+    return KeyToAdd(key_id(public_key), name, tuple(sorted(set(bundles))), pem)
+
+
+def parse_trust_update(raw: bytes) -> TrustUpdate:
+    """Parse and check a trust update's bytes, whose digest the signed manifest covers."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _update_error(f"not UTF-8 JSON ({err})") from err
+    if not isinstance(data, dict) or data.get("version") != TRUST_UPDATE_VERSION:
+        raise _update_error(f"expected a JSON object with version {TRUST_UPDATE_VERSION}")
+    unknown = sorted(set(data) - {"version", "add", "revoke"})
+    if unknown:
+        raise _update_error(f"unknown fields {', '.join(unknown)}")
+    adds = data.get("add", [])
+    revokes = data.get("revoke", [])
+    if not isinstance(adds, list) or not isinstance(revokes, list):
+        raise _update_error("add and revoke must be lists")
+    add = tuple(_parse_key_to_add(item, i) for i, item in enumerate(adds))
+    for item in revokes:
+        if not isinstance(item, str) or not _KEY_ID.match(item):
+            raise _update_error(f"revoke entry {item!r} is not a 64-digit hex key id")
+    if not add and not revokes:
+        raise _update_error("it neither adds nor revokes a key")
+    overlap = {key.key_id for key in add} & set(revokes)
+    if overlap:
+        raise _update_error(f"it both adds and revokes {', '.join(sorted(overlap))}")
+    return TrustUpdate(add, tuple(sorted(set(revokes))))
 
 
 def resolve_store_path(option: Path | None, environ: Mapping[str, str]) -> Path:
@@ -148,7 +239,9 @@ class TrustStore:
         """Load every key in the store, revoked ones marked, for signature checks."""
         active, revoked = self._read_index()
         keys = [self._load(entry, self.folder) for entry in active.values()]
-        keys += [self._load(entry, self.folder / REVOKED_DIR) for entry in revoked.values()]
+        for entry in revoked.values():
+            moved = self.folder / REVOKED_DIR / f"{entry.key_id}{PUBLIC_KEY_SUFFIX}"
+            keys.append(self._load(entry, moved.parent if moved.exists() else self.folder))
         return keys
 
     def add(self, key_file: Path, *, name: str | None, bundles: Iterable[str]) -> TrustChange:
@@ -218,6 +311,70 @@ class TrustStore:
             self._write_index(active, revoked)
         logger.info("trust store %s: revoked key %s", self.folder, entry.key_id)
         return TrustChange("revoked", removed, entry)
+
+    def check_update_signers(
+        self, update: TrustUpdate, signers: Iterable[TrustedKey], threshold: int
+    ) -> None:
+        """Raise unless `threshold` of `signers` are keys this store trusts now."""
+        active, _ = self._read_index()
+        in_store = [key for key in signers if key.key_id in active]
+        if len(in_store) >= max(threshold, 1):
+            return
+        raise TrustUpdateError(
+            f"bundle carries a trust update ({_describe_update(update)}) but is signed by "
+            f"{len(in_store)} keys of the trust store {self.folder}, {max(threshold, 1)} required",
+            hint=(
+                "a trust update must be signed by keys this host already trusts; "
+                "install with those keys in the trust store rather than only --key or --trust"
+            ),
+        )
+
+    def apply_update(self, update: TrustUpdate) -> list[TrustChange]:
+        """Add and revoke the update's keys under one lock, replacing the index once.
+
+        New key files are written before the index and revoked ones moved
+        after it, so a crash in between leaves only files the index does
+        not trust.
+        """
+        changes: list[TrustChange] = []
+        with self._locked():
+            active, revoked = self._read_index()
+            now = _now()
+            for key in update.add:
+                previous = active.get(key.key_id) or revoked.pop(key.key_id, None)
+                entry = TrustEntry(key.key_id, key.name, key.bundles, now)
+                write_atomic(self.folder / f"{key.key_id}{PUBLIC_KEY_SUFFIX}", key.pem)
+                (self.folder / REVOKED_DIR / f"{key.key_id}{PUBLIC_KEY_SUFFIX}").unlink(
+                    missing_ok=True
+                )
+                active[key.key_id] = entry
+                changes.append(
+                    TrustChange("added" if previous is None else "updated", entry, previous)
+                )
+            for revoked_id in update.revoke:
+                current = active.pop(revoked_id, None)
+                if current is None:
+                    continue
+                removed = TrustEntry(
+                    current.key_id, current.name, current.bundles, current.added_at, now
+                )
+                revoked[revoked_id] = removed
+                changes.append(TrustChange("revoked", removed, current))
+            self._write_index(active, revoked)
+            (self.folder / REVOKED_DIR).mkdir(mode=0o755, exist_ok=True)
+            for change in changes:
+                if change.action == "revoked":
+                    source = self.folder / f"{change.entry.key_id}{PUBLIC_KEY_SUFFIX}"
+                    if source.exists():
+                        os.replace(source, self.folder / REVOKED_DIR / source.name)
+        for change in changes:
+            logger.info(
+                "trust store %s: %s key %s from a bundle's trust update",
+                self.folder,
+                change.action,
+                change.entry.key_id,
+            )
+        return changes
 
     @staticmethod
     def _find(entries: Mapping[str, TrustEntry], key_id_or_name: str) -> TrustEntry | None:
@@ -309,6 +466,12 @@ class TrustStore:
             yield
         finally:
             os.close(fd)
+
+
+def _describe_update(update: TrustUpdate) -> str:
+    parts = [f"adds {key.name} ({key.key_id})" for key in update.add]
+    parts += [f"revokes {revoked_id}" for revoked_id in update.revoke]
+    return ", ".join(parts)
 
 
 def load_keys(

@@ -15,10 +15,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bundler.archive import write_archive
 from bundler.keys import generate_key_pair, load_private_key, sign
-from installer.archive import verify_file
+from installer import policy
+from installer.archive import read_bundle, verify_file
 from installer.errors import SignatureError, UsageError
+from installer.install import InstallOptions
 from installer.manifest import Member
-from installer.trust import TrustStore, load_keys, parse_bundle_names, resolve_store_path
+from installer.trust import (
+    TrustStore,
+    TrustUpdateError,
+    load_keys,
+    parse_bundle_names,
+    parse_trust_update,
+    resolve_store_path,
+)
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -50,30 +59,33 @@ def write_signed(
     signers: list[Ed25519PrivateKey],
     *,
     name: str = "demo",
+    sequence: int = 1,
     file_as: dict[int, str] | None = None,
+    extra: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write a one-file bundle signed by every key in `signers`.
+    """Write a small bundle signed by every key in `signers`.
 
     `file_as` maps a signer's position to the key id its signature is filed
-    under, to forge a signature that claims another key.
+    under, to forge a signature that claims another key. `extra` adds
+    members (path -> bytes) after the compose file.
     """
     folder.mkdir(parents=True, exist_ok=True)
     payload = folder / "payload"
-    (payload / "compose").mkdir(parents=True, exist_ok=True)
-    (payload / "compose" / "compose.yml").write_bytes(COMPOSE_TEXT)
-    member = Member(
-        "compose/compose.yml",
-        len(COMPOSE_TEXT),
-        hashlib.sha256(COMPOSE_TEXT).hexdigest(),
-        "application/yaml",
-    )
-    manifest_bytes = make_manifest([member], name=name).to_bytes()
+    files = {"compose/compose.yml": COMPOSE_TEXT, **(extra or {})}
+    members = []
+    for path, data in sorted(files.items()):
+        (payload / path).parent.mkdir(parents=True, exist_ok=True)
+        (payload / path).write_bytes(data)
+        members.append(
+            Member(path, len(data), hashlib.sha256(data).hexdigest(), "application/json")
+        )
+    manifest_bytes = make_manifest(members, name=name, sequence=sequence).to_bytes()
     signatures = {}
     for position, private in enumerate(signers):
         signer_id, signature = sign(private, manifest_bytes)
         signatures[(file_as or {}).get(position, signer_id)] = signature
     output = folder / "bundle.airlock"
-    write_archive(output, manifest_bytes, signatures, payload, [member], mtime=0)
+    write_archive(output, manifest_bytes, signatures, payload, members, mtime=0)
     return output
 
 
@@ -371,3 +383,148 @@ def test_verify_with_empty_store_is_usage_error(keys: Path, tmp_path: Path) -> N
         "hint: add the publisher's key with airlock-install trust add KEYFILE, "
         "or pass --key PUBFILE for this run",
     ]
+
+
+# Trust updates carried in a bundle: rotating a key on every host.
+
+
+def _update(keys: Path, *, add: tuple[str, ...] = (), revoke: tuple[str, ...] = ()) -> bytes:
+    data = {
+        "version": 1,
+        "add": [
+            {"name": name, "public_key": (keys / f"{name}.pub").read_text(), "bundles": ["demo"]}
+            for name in add
+        ],
+        "revoke": [trusted_key(load_private_key(keys / f"{name}.key")).key_id for name in revoke],
+    }
+    return json.dumps(data).encode()
+
+
+def _install_records(
+    bundle: Path, store: TrustStore, tmp_path: Path, *, threshold: int = 1
+) -> InstallOptions:
+    """Run the release checks and the end-of-install records as install() does, without Docker."""
+    options = InstallOptions(
+        bundle=bundle,
+        target=tmp_path / "target",
+        trusted=tuple(store.trusted_keys()),
+        threshold=threshold,
+        audit_log=tmp_path / "audit.log",
+        host_record=tmp_path / "installed.json",
+        trust_store=store.folder,
+    )
+    stage = tmp_path / f"stage-{bundle.parent.name}"
+    with bundle.open("rb") as stream:
+        verified = read_bundle(stream, options.trusted, stage_to=stage)
+    policy.check_release(None, verified, False, **policy.release_checks(options))
+    policy.record_install(options, options.target, environ={})
+    return options
+
+
+def test_transition_bundle_rotates_key(store: TrustStore, keys: Path, tmp_path: Path) -> None:
+    """A signed by old adds new; B signed by new then verifies; a later update revokes old."""
+    store.add(keys / "old.pub", name=None, bundles=())
+    old_key = load_private_key(keys / "old.key")
+    new_key = load_private_key(keys / "new.key")
+    new_id = trusted_key(new_key).key_id
+    transition = write_signed(
+        tmp_path / "a", [old_key], extra={"airlock/trust-update.json": _update(keys, add=("new",))}
+    )
+    signed_by_new = write_signed(tmp_path / "b", [new_key], sequence=2)
+
+    with pytest.raises(SignatureError) as early:
+        verify_file(signed_by_new, store.trusted_keys())
+    assert early.value.message == f"bundle is signed by key id {new_id}, not in the trusted keys"
+
+    options = _install_records(transition, store, tmp_path)
+
+    assert [(e.name, e.bundles, e.revoked_at) for e in store.entries()] == [
+        ("new", ("demo",), None),
+        ("old", (), None),
+    ]
+    assert [k.name for k in verify_file(signed_by_new, store.trusted_keys()).signers] == ["new"]
+    actions = [json.loads(line)["action"] for line in options.audit_log.read_text().splitlines()]  # type: ignore[union-attr]
+    assert actions == ["trust-update", "install"]
+
+    retire = write_signed(
+        tmp_path / "c",
+        [new_key],
+        sequence=3,
+        extra={"airlock/trust-update.json": _update(keys, revoke=("old",))},
+    )
+    _install_records(retire, store, tmp_path)
+    signed_by_old = write_signed(tmp_path / "d", [old_key], sequence=4)
+
+    with pytest.raises(SignatureError) as revoked:
+        verify_file(signed_by_old, store.trusted_keys())
+    assert revoked.value.message.startswith(
+        f"bundle is signed by key old ({trusted_key(old_key).key_id}), which was revoked at "
+    )
+
+
+def test_trust_update_from_key_outside_store_is_rejected(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    stranger = load_private_key(keys / "stranger.key")
+    bundle = write_signed(
+        tmp_path / "a",
+        [stranger],
+        extra={"airlock/trust-update.json": _update(keys, add=("stranger",))},
+    )
+    stage = tmp_path / "stage"
+    with bundle.open("rb") as stream:
+        verified = read_bundle(stream, [trusted_key(stranger, "stranger")], stage_to=stage)
+    index = store.index_path.read_bytes()
+
+    with pytest.raises(TrustUpdateError) as caught:
+        policy.check_release(None, verified, False, trust_store=store.folder)
+    assert caught.value.message == (
+        f"bundle carries a trust update (adds stranger ({trusted_key(stranger).key_id})) but is "
+        f"signed by 0 keys of the trust store {store.folder}, 1 required"
+    )
+    assert caught.value.exit_code == 3
+    assert store.index_path.read_bytes() == index
+
+
+def test_trust_update_without_store_is_rejected(keys: Path, tmp_path: Path) -> None:
+    old_key = load_private_key(keys / "old.key")
+    bundle = write_signed(
+        tmp_path / "a", [old_key], extra={"airlock/trust-update.json": _update(keys, add=("new",))}
+    )
+    with bundle.open("rb") as stream:
+        verified = read_bundle(stream, [trusted_key(old_key)], stage_to=tmp_path / "stage")
+    with pytest.raises(TrustUpdateError) as caught:
+        policy.check_release(None, verified, False)
+    assert caught.value.message == "bundle carries a trust update, but this run uses no trust store"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (b"[]", "expected a JSON object with version 1"),
+        (b'{"version": 1}', "it neither adds nor revokes a key"),
+        (b'{"version": 1, "revoke": ["abc"]}', "revoke entry 'abc' is not a 64-digit hex key id"),
+        (b'{"version": 1, "add": [{"name": "x"}]}', "add[0] needs a public_key (PEM text)"),
+        (
+            b'{"version": 1, "add": [{"name": "x", "public_key": "nope"}]}',
+            "add[0].public_key is not a PEM public key",
+        ),
+        (b'{"version": 1, "revoke": [], "extra": 1}', "unknown fields extra"),
+        (b"\xff", "not UTF-8 JSON ("),
+    ],
+)
+def test_invalid_trust_update_is_rejected(raw: bytes, problem: str) -> None:
+    with pytest.raises(TrustUpdateError) as caught:
+        parse_trust_update(raw)
+    assert caught.value.message.startswith(
+        f"trust update airlock/trust-update.json is invalid: {problem}"
+    )
+
+
+def test_trust_update_cannot_add_and_revoke_same_key(keys: Path) -> None:
+    raw = json.loads(_update(keys, add=("new",)))
+    raw["revoke"] = [trusted_key(load_private_key(keys / "new.key")).key_id]
+    with pytest.raises(TrustUpdateError) as caught:
+        parse_trust_update(json.dumps(raw).encode())
+    assert caught.value.message.endswith(f"it both adds and revokes {raw['revoke'][0]}")
