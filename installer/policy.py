@@ -336,7 +336,7 @@ def check_release(
        this host, as the host record file `host_record` stores it.
     4. A trust update it carries is valid and signed by `threshold` keys
        of the trust store `trust_store`.
-    5. The target holds the same bundle name, no higher sequence, and no
+    5. The target contains the same bundle name, no higher sequence, and no
        other bundle under this sequence.
 
     `allow` (`--allow-downgrade`) lets 3 and 5 pass for an older release.
@@ -463,7 +463,7 @@ def record_install(
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """What `airlock-install verify` takes from its command line."""
+    """The options of `airlock-install verify`."""
 
     bundle: Path
     trusted: tuple[TrustedKey, ...]
