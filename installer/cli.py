@@ -218,7 +218,7 @@ def install_command(
 
     When the new release does not become healthy, the previous one is
     brought back and started again, and the command exits 1. Ctrl-C stops
-    at the next safe point and says what state the target is in.
+    at the next safe point and reports the state it left the target in.
     """
     options = InstallOptions(
         bundle=bundle,
@@ -323,7 +323,11 @@ def status(target: Path, as_json: bool) -> None:
 
 @main.command(epilog=EXIT_CODES_HELP)
 @target_option
-@click.option("--to", "to_version", help="Version to bring back (default: the previous one).")
+@click.option(
+    "--to",
+    "to_version",
+    help="Version to bring back (default: the newest one older than the current).",
+)
 @timeout_option
 @report_errors
 def rollback(target: Path, to_version: str | None, timeout: float) -> None:
