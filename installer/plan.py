@@ -20,7 +20,7 @@ import docker
 from installer import compose, dotenv, engine, envmerge, images, releases
 from installer.archive import VerifiedBundle
 from installer.compose import ComposeProject, Service
-from installer.constants import ENV_FILE
+from installer.constants import ENV_FILE, IMAGES_DIR
 from installer.errors import AirlockError
 from installer.manifest import ImageRecord
 from installer.preflight import Finding
@@ -37,7 +37,6 @@ class ImagePlan:
     image_id: str
     # None when the engine could not be asked.
     present: bool | None
-    size: int
 
     def to_json(self) -> dict[str, Any]:
         return {"tag": self.tag, "image_id": self.image_id, "present": self.present}
@@ -63,6 +62,8 @@ class Plan:
     volumes_kept: list[str] = field(default_factory=list)
     volumes_added: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # Size of the bundle's image store, which install loads whole.
+    store_bytes: int = 0
     # Not serialised: the merged `.env` text and the values compose will see.
     env_text: str = field(default="", repr=False)
     env_values: dict[str, str] = field(default_factory=dict, repr=False)
@@ -76,7 +77,8 @@ class Plan:
 
     @property
     def load_bytes(self) -> int:
-        return sum(image.size for image in self.images_to_load)
+        """Bytes `docker load` reads: the whole image store once any image is absent."""
+        return self.store_bytes if self.images_to_load else 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,9 +105,8 @@ class Plan:
 
 
 def _image_plan(client: docker.DockerClient | None, image: ImageRecord) -> ImagePlan:
-    size = image.config.size + sum(layer.size for layer in image.layers)
     present = None if client is None else engine.image_id(client, image.load_tag) == image.image_id
-    return ImagePlan(image.load_tag, image.image_id, present, size)
+    return ImagePlan(image.load_tag, image.image_id, present)
 
 
 def _service_differences(old: Service, new: Service) -> list[str]:
@@ -180,6 +181,7 @@ def make_plan(
         current_sequence=state.current.sequence if state else None,
         same_release=same_release,
         images=[_image_plan(client, image) for image in manifest.images],
+        store_bytes=sum(m.size for m in manifest.members if m.path.startswith(IMAGES_DIR)),
         env=env_change,
         env_text=env_text,
         env_values=env_values,
