@@ -17,6 +17,7 @@ import pytest
 
 from bundler.archive import CHECKSUMS_PATH
 from bundler.build import BuildOptions, build
+from bundler.split import split_bundle
 from installer.archive import verify_file
 from installer.errors import DigestMismatchError
 from installer.signing import load_public_key
@@ -176,3 +177,22 @@ def test_installer_rejects_changed_checksum_list(built: tuple[Path, Path], tmp_p
         verify_file(damaged, [load_public_key(public_key)])
 
     assert raised.value.message.startswith(f"member {CHECKSUMS_PATH} has sha256 ")
+
+
+def test_hand_check_passes_on_joined_parts(built: tuple[Path, Path], tmp_path: Path) -> None:
+    """The README joins a split bundle with `cat NAME.[0-9]* > NAME` before checking it."""
+    bundle, public_key = built
+    parts_folder = tmp_path / "medium"
+    parts_folder.mkdir()
+    copy = parts_folder / BUNDLE_NAME
+    shutil.copyfile(bundle, copy)
+    split_bundle(copy, 1024, remove_source=True)
+    assert len(list(parts_folder.glob(f"{BUNDLE_NAME}.[0-9]*"))) > 9
+
+    subprocess.run(
+        f"cat {BUNDLE_NAME}.[0-9]* > {BUNDLE_NAME}", shell=True, cwd=parts_folder, check=True
+    )
+    result = run_hand_check(parts_folder / BUNDLE_NAME, public_key, tmp_path / "check")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "member count: OK"
