@@ -36,6 +36,29 @@ def machine_facts(client: docker.DockerClient) -> dict[str, Any]:
     }
 
 
+def tree_under_test() -> str:
+    """Describe the airlock tree the commands import: its git commit, or its folder."""
+    import installer
+
+    root = Path(installer.__file__).resolve().parent.parent
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if commit.returncode != 0:
+        return f"{root} (not a git checkout)"
+    changes = subprocess.run(
+        ["git", "-C", str(root), "status", "--porcelain", "--", "bundler", "installer", "schemas"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    dirty = " with uncommitted changes" if changes.stdout.strip() else ""
+    return f"commit {commit.stdout.strip()}{dirty}"
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -58,6 +81,7 @@ def results_json(run: Any, machine: dict[str, Any]) -> dict[str, Any]:
     """Return the raw results of `run` with the machine and the date."""
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tree": tree_under_test(),
         "machine": machine,
         "options": run.options,
         "image": run.image,
@@ -121,7 +145,8 @@ def markdown_section(document: dict[str, Any]) -> str:
         "",
         f"Measured on {document['date']} by `bench/run.py"
         + (" --experimental" if options["experimental"] else "")
-        + f" --size {options['size'] / 2**20:g}MiB --layers {options['layers']} --repeat {options['repeat']}`.",
+        + f" --size {options['size'] / 2**20:g}MiB --layers {options['layers']} --repeat {options['repeat']}`"
+        + f" on the airlock tree at {document['tree']}.",
         "",
         f"- machine: {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['ram_bytes'] / 2**30:.0f} GiB RAM, Linux {machine['kernel']}",
