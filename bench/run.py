@@ -11,7 +11,9 @@ Steps, each measured as a child process (wall time, MB/s, peak RSS):
 3. Verify: `airlock-install verify` of the bundle against `sha256sum` and
    `openssl dgst -sha256` over the same file.
 4. Load: the installer's streaming `docker load` of the staged image store
-   against `docker load -i` of a `docker save` tarball of the same image.
+   against `docker load -i` of a `docker save` tarball of the same image
+   and of a plain tar of the same store.
+5. Check the progress output on a pseudo-terminal and on a pipe.
 
 It writes `bench/results.json` and the generated part of
 `docs/benchmarks.md`, then deletes the image from the registry and the engine.
@@ -35,13 +37,14 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import progress_check  # noqa: E402
 import report  # noqa: E402
 import synthetic  # noqa: E402
-from measure import Measurement, run_measured  # noqa: E402
+from measure import GNU_TIME, Measurement, run_measured  # noqa: E402
 
 from installer.archive import read_bundle  # noqa: E402
 from installer.signing import load_trusted_keys  # noqa: E402
@@ -320,6 +323,22 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def check_environment(registry: str) -> str | None:
+    """Return what is missing to run the benchmark (a tool, the engine, the registry), or None."""
+    for tool in ("skopeo", "sha256sum", "openssl", "docker", "script", "tar", GNU_TIME):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    try:
+        docker.from_env().ping()
+    except docker.errors.DockerException as err:
+        return f"the Docker engine does not respond: {err}"
+    try:
+        requests.get(f"http://{registry}/v2/", timeout=5).raise_for_status()
+    except requests.RequestException as err:
+        return f"the registry at {registry} does not respond: {err}"
+    return None
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark airlock against skopeo, coreutils, openssl and docker."
@@ -382,13 +401,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.layers < 1 or options.repeat < 1:
         print("--layers and --repeat must be at least 1", file=sys.stderr)
         return 2
-    for tool in ("skopeo", "sha256sum", "openssl", "docker", "script"):
-        if shutil.which(tool) is None:
-            print(
-                f"{tool} not found; install it (scripts/services.sh start installs the peers)",
-                file=sys.stderr,
-            )
-            return 4
+    problem = check_environment(options.registry)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        print("hint: scripts/services.sh start installs the tools and starts both", file=sys.stderr)
+        return 4
 
     options.workdir.mkdir(parents=True, exist_ok=True)
     layers_dir = options.workdir / "layers"
