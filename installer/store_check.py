@@ -70,8 +70,8 @@ def check_image_store(staging: Path, manifest: Manifest) -> None:
             by_tag[tag] = entry
 
     for image in manifest.images:
-        entry = by_tag.get(image.load_tag)
-        if entry is None:
+        found = by_tag.get(image.load_tag)
+        if found is None:
             raise ManifestError(
                 f"image {image.reference} has no entry tagged {image.load_tag} "
                 f"in {DOCKER_ARCHIVE_MANIFEST}",
