@@ -31,6 +31,11 @@ standins: services
 $(DEMO_KEY).key: venv
 	$(BIN)/airlock-bundle keygen --out $(DEMO_DIR)/keys --name demo
 
+# The demo keeps the installer's host-wide files (trust store, installed
+# releases record, audit log) in its own folder instead of /etc and /var/log.
+demo: export AIRLOCK_TRUST_STORE = $(CURDIR)/$(DEMO_DIR)/host/trust
+demo: export AIRLOCK_HOST_RECORD = $(CURDIR)/$(DEMO_DIR)/host/installed.json
+demo: export AIRLOCK_AUDIT_LOG = $(CURDIR)/$(DEMO_DIR)/host/audit.log
 demo: venv standins $(DEMO_KEY).key
 	$(BIN)/airlock-bundle build examples/authentik/bundle.yaml --key $(DEMO_KEY).key \
 		--output $(DEMO_BUNDLE) --mirror docker.io=$(REGISTRY) --mirror ghcr.io=$(REGISTRY)

@@ -83,6 +83,32 @@ def pytest_runtest_makereport(
         report.longrepr = f"CI=true does not allow skips for a missing engine or registry: {reason}"
 
 
+# The installer keeps host-wide files: the trust store, the record of the
+# highest release installed per bundle, and the audit log. Tests, and the CLI
+# processes they start, must use their own, or one test's record would make
+# another test's bundle look like a replay, and runs would leave files in /etc.
+HOST_FILE_VARIABLES = {
+    "AIRLOCK_TRUST_STORE": "trust",
+    "AIRLOCK_HOST_RECORD": "installed.json",
+    "AIRLOCK_AUDIT_LOG": "audit.log",
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_host_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point the installer's host-wide files at a folder of this test session."""
+    folder = tmp_path_factory.mktemp("host-files")
+    saved = {name: os.environ.get(name) for name in HOST_FILE_VARIABLES}
+    for name, leaf in HOST_FILE_VARIABLES.items():
+        os.environ[name] = str(folder / leaf)
+    yield folder
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[docker.DockerClient]:
     """A client of the local Docker engine, with the API version negotiated."""
