@@ -5,6 +5,10 @@ proposed change is measured beside the code in the tree without editing
 it:
 
     python bench/experimental.py airlock-install verify BUNDLE --key KEY.pub
+    python bench/experimental.py pytest tests/test_archive.py
+
+Under `pytest` the patches reach only code the tests run in-process, not
+the commands they start as subprocesses.
 
 AIRLOCK_BENCH_PATCHES picks patches by name, comma-separated (default:
 all of them), so each one's share of a speed-up can be measured alone.
@@ -139,11 +143,19 @@ def apply(names: str | None = None) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """Apply the patches, then run the airlock command named by `argv[0]` with the rest."""
-    if not argv or argv[0] not in ("airlock-install", "airlock-bundle"):
-        print("usage: experimental.py airlock-install|airlock-bundle ARGS...", file=sys.stderr)
+    """Apply the patches, then run the command named by `argv[0]` with the rest."""
+    if not argv or argv[0] not in ("airlock-install", "airlock-bundle", "pytest"):
+        print(
+            "usage: experimental.py airlock-install|airlock-bundle|pytest ARGS...", file=sys.stderr
+        )
         return 2
     apply()
+    if argv[0] == "pytest":
+        import pytest
+
+        # The tests import helpers as `tests.…`, from the repository root.
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        return int(pytest.main(argv[1:]))
     if argv[0] == "airlock-install":
         from installer.cli import main as command
     else:
