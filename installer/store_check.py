@@ -79,8 +79,8 @@ def check_image_store(staging: Path, manifest: Manifest) -> None:
             )
         expected_layers = [_blob(layer.digest) for layer in image.layers]
         if (
-            entry.get("Config") != _blob(image.config.digest)
-            or entry.get("Layers") != expected_layers
+            found.get("Config") != _blob(image.config.digest)
+            or found.get("Layers") != expected_layers
         ):
             raise ManifestError(
                 f"image {image.reference}: {DOCKER_ARCHIVE_MANIFEST} lists other config or layers "

@@ -97,3 +97,41 @@ def test_store_without_image_tag_is_rejected(tmp_path: Path) -> None:
         "image registry.example:5000/demo/app:1.0 has no entry tagged "
         "registry.example:5000/demo/app:1.0 in images/manifest.json"
     )
+
+
+def test_each_image_is_checked_against_its_own_entry(tmp_path: Path) -> None:
+    """With two images, the second entry must not stand in for the first."""
+    other_config = b'{"rootfs": {"type": "layers", "diff_ids": [], "other": true}}'
+    index = _good_index()
+    index.append(
+        {
+            "Config": f"blobs/sha256/{_digest(other_config)[7:]}",
+            "RepoTags": ["registry.example:5000/demo/other:1.0"],
+            "Layers": [],
+        }
+    )
+    staging, members = _stage(tmp_path, index)
+    extra = tmp_path / "images/blobs/sha256" / _digest(other_config)[7:]
+    extra.write_bytes(other_config)
+    members.append(
+        Member(
+            f"images/blobs/sha256/{_digest(other_config)[7:]}",
+            len(other_config),
+            _digest(other_config)[7:],
+            "application/octet-stream",
+        )
+    )
+    other = ImageRecord(
+        reference="registry.example:5000/demo/other:1.0",
+        source="registry.example:5000/demo/other",
+        index_digest=None,
+        manifest_digest=_digest(b"n"),
+        manifest_media_type="application/vnd.oci.image.manifest.v1+json",
+        config=Descriptor(
+            "application/vnd.oci.image.config.v1+json", _digest(other_config), len(other_config)
+        ),
+        platform="linux/amd64",
+        layers=(),
+        load_tag="registry.example:5000/demo/other:1.0",
+    )
+    check_image_store(staging, make_manifest(members, images=(_image(), other)))
