@@ -343,8 +343,14 @@ def _check_trailing(tar: tarfile.TarFile, after: str) -> None:
 def _stream_member(
     tar: tarfile.TarFile, info: tarfile.TarInfo, expected: Member, dest: Path | None
 ) -> None:
-    """Hash one payload member, writing it below `dest` when given."""
-    handle = tar.extractfile(info)
+    """Hash one payload member, writing it below `dest` when given.
+
+    Reads the member's bytes straight from the archive stream rather than
+    through `extractfile`, whose per-read bookkeeping costs more than the
+    sha256 itself (measured by bench/run.py). That is safe because exactly
+    `expected.size` bytes are read, and `tarfile` then skips the padding.
+    """
+    handle = tar.fileobj
     assert handle is not None
     digest = hashlib.sha256()
     remaining = expected.size
@@ -431,8 +437,12 @@ def _read_checked(
     progress: ProgressReporter,
     threshold: int,
 ) -> VerifiedBundle:
+    # A 1 MiB stream buffer instead of tarfile's 10 KiB record-sized default.
     tar = tarfile.open(  # type: ignore[call-overload]
-        fileobj=_CountingReader(stream, progress), mode="r|", tarinfo=_StrictTarInfo
+        fileobj=_CountingReader(stream, progress),
+        mode="r|",
+        tarinfo=_StrictTarInfo,
+        bufsize=CHUNK_SIZE,
     )
     try:
         # 1. The manifest.
