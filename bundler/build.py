@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -252,6 +253,22 @@ def _stage_compose(
     return _StagedCompose(paths, pulling)
 
 
+_BLOB_PATH = re.compile(r"^images/blobs/sha256/([0-9a-f]{64})$")
+
+
+def _payload_member(root: Path, path: str) -> Member:
+    """Describe one staged payload file for the manifest.
+
+    A blob's name is its sha256, checked while it was downloaded or written,
+    so it is not read a second time; the read-back check after the archive
+    is written still hashes every byte.
+    """
+    match = _BLOB_PATH.match(path)
+    if match is None:
+        return file_member(root, path, _media_type(path))
+    return Member(path, (root / path).stat().st_size, match.group(1), _media_type(path))
+
+
 def _media_type(path: str) -> str:
     if path.startswith(COMPOSE_DIR):
         return COMPOSE_MEDIA_TYPE
@@ -353,7 +370,7 @@ def _build(
     payload_paths = sorted(
         str(path.relative_to(root)) for path in root.rglob("*") if path.is_file()
     )
-    payload: list[Member] = [file_member(root, path, _media_type(path)) for path in payload_paths]
+    payload: list[Member] = [_payload_member(root, path) for path in payload_paths]
     # The checksum list comes first, so a reader meets it right after the signatures.
     members = [checksums_member(root, payload), *payload]
 
