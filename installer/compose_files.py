@@ -84,9 +84,6 @@ def write_project_files(verified: VerifiedBundle, target: Path) -> list[Path]:
     Every destination is checked before the first file is written, so an
     unsafe member changes nothing.
     """
-    # TODO: release folders (installer/releases.py) keep only the `-f` files,
-    # so a rollback does not put back the files reached through include,
-    # extends or env_file of the release it returns to.
     manifest = verified.manifest
     destinations = [
         (member, target / target_relative_path(member)) for member in project_members(manifest)

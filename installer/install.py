@@ -192,6 +192,9 @@ def _verify(options: InstallOptions, staging: Path, progress: ProgressReporter) 
             stage_to=staging,
             progress=progress,
             total_bytes=options.bundle.stat().st_size,
+            # Counting signers here stops a bundle short of signatures before
+            # its payload is hashed; policy checks which keys may sign its name.
+            threshold=options.threshold,
         )
     check_image_store(staging, verified.manifest)
     return verified

@@ -64,6 +64,10 @@ class TargetLock:
             return
         if remove:
             self.path.unlink(missing_ok=True)
+        else:
+            # An idle lock file is empty, so a run that changed nothing else,
+            # such as a rejected bundle, leaves the target byte for byte as it was.
+            os.ftruncate(self._fd, 0)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

@@ -184,12 +184,6 @@ def host(
 # What must not change.
 
 
-# NOTE: the target lock file keeps the PID of the last process that took
-# the lock, so every run rewrites it, a rejected one included. Only its
-# mode and presence are compared.
-LOCK_FILE = ".airlock/lock"
-
-
 def _tree(folder: Path) -> dict[str, tuple[int, bytes | str | None]]:
     """Every path below `folder` with its mode and its bytes (files) or link target."""
     tree: dict[str, tuple[int, bytes | str | None]] = {}
@@ -198,9 +192,7 @@ def _tree(folder: Path) -> dict[str, tuple[int, bytes | str | None]]:
     for path in sorted(folder.rglob("*")):
         info = path.lstat()
         content: bytes | str | None = None
-        if str(path.relative_to(folder)) == LOCK_FILE:
-            content = None
-        elif stat.S_ISREG(info.st_mode):
+        if stat.S_ISREG(info.st_mode):
             content = path.read_bytes()
         elif stat.S_ISLNK(info.st_mode):
             content = os.readlink(path)
