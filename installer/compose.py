@@ -34,12 +34,14 @@ __all__ = [
     "EnvFileUse",
     "MissingVariable",
     "MissingVariablesError",
+    "NestedExpression",
     "PublishedPort",
     "Service",
     "VariableUse",
     "interpolate",
     "interpolate_tree",
     "load_project",
+    "nested_expressions",
     "project_environment",
     "read_document",
     "variable_uses",
@@ -431,6 +433,69 @@ def variable_uses(data: Any, *, source: str) -> list[VariableUse]:
                 )
             )
     return uses
+
+
+@dataclass(frozen=True)
+class NestedExpression:
+    """An expression whose default, message or replacement contains another expression.
+
+    Compose v2 evaluates the inner expression. docker-compose v1 (checked
+    with 1.29.2) ends the outer expression at the first `}`, so the value
+    keeps a stray `}` or the inner expression's text.
+    """
+
+    # The outer variable's name and operator (`:-`, `-`, `:?`, `?`, `:+` or `+`).
+    name: str
+    operator: str
+    # The outer expression as written, e.g. "${DB_TAG:-${BASE_TAG:-16}}".
+    expression: str
+    # Names of the variables inside the word, at any depth, in order.
+    inner: tuple[str, ...]
+    # True when an inner expression is written `${...}`, not `$NAME`.
+    inner_braced: bool
+    key_path: str
+    source: str
+
+    def describe(self) -> str:
+        """Return `source: key.path: expression`, for messages."""
+        return f"{_describe_source(self.source, self.key_path)}: {self.expression}"
+
+
+def _has_braced_expression(text: str) -> bool:
+    return "${" in text.replace("$$", "")
+
+
+def nested_expressions(data: Any, *, source: str) -> list[NestedExpression]:
+    """List the expressions in `data`'s string values whose word contains an expression.
+
+    Only the outermost expression is listed: `${A:-${B:-${C}}}` gives one
+    entry for A, with B and C as its inner names. Raises InterpolationError
+    for a malformed expression, as `variable_uses` does.
+    """
+    found: list[NestedExpression] = []
+    for path, text in _walk_strings(data, ""):
+        try:
+            nodes = _parse_template(text)
+        except _TemplateSyntaxError as err:
+            raise _syntax_error(err, _describe_source(source, path)) from None
+        for node in nodes:
+            if not isinstance(node, _Variable):
+                continue
+            inner = tuple(variable.name for variable in _walk_variables(node.word))
+            if not inner:
+                continue
+            found.append(
+                NestedExpression(
+                    name=node.name,
+                    operator=node.operator,
+                    expression=f"${{{node.name}{node.operator}{node.word_text}}}",
+                    inner=inner,
+                    inner_braced=_has_braced_expression(node.word_text),
+                    key_path=path,
+                    source=source,
+                )
+            )
+    return found
 
 
 def project_environment(

@@ -20,11 +20,12 @@ from pathlib import Path
 import docker
 
 from installer import dotenv, engine, releases
-from installer.compose import ComposeProject
+from installer.compose import ComposeProject, NestedExpression, nested_expressions, read_document
 from installer.compose_cli import ComposeCommand, detect, service_status
 from installer.constants import COMPOSE_PROJECT_LABEL, ENV_FILE
 from installer.errors import (
     AirlockError,
+    ComposeUnavailableError,
     DiskSpaceError,
     EnvironmentNotReadyError,
     UsageError,
@@ -150,6 +151,68 @@ def check_compose(environ: Mapping[str, str]) -> tuple[list[Finding], ComposeCom
     generation = "v2" if command.is_v2 else "v1"
     program = " ".join(command.program)
     return [Finding("compose", OK, f"Compose {command.version} ({generation}, {program})")], command
+
+
+_WORD_KIND = {":-": "default", "-": "default", ":?": "message", "?": "message"}
+
+
+def _display_name(path: Path, project: ComposeProject) -> str:
+    if project.project_dir is not None and path.is_relative_to(project.project_dir):
+        return str(path.relative_to(project.project_dir))
+    return str(path)
+
+
+def _nested_hint(nested: NestedExpression) -> str:
+    v2 = "install the Compose v2 plugin (`docker compose`) and install again"
+    if not nested.inner_braced and nested.operator in (":-", "-"):
+        # Checked with docker-compose 1.29.2: it does not interpolate a
+        # default, so `${A:-$B}` gives the text `$B` only while A is unset.
+        return f"{v2}, or set {nested.name} to a non-empty value in the target's .env"
+    # Checked with docker-compose 1.29.2: `${A:-${B:-16}}` gives `${B:-16}`
+    # with A unset and `<A's value>}` with A set, whatever B is.
+    return (
+        f"{v2}, or have the bundle rebuilt without the nested expression; "
+        "no value in .env avoids it under docker-compose v1"
+    )
+
+
+def check_nested_defaults(
+    project: ComposeProject | None, command: ComposeCommand | None
+) -> list[Finding]:
+    """Reject nested defaults (`${A:-${B}}`) in the project's compose files under Compose v1.
+
+    Compose v2 reads them as the Compose Specification says, as airlock does.
+    docker-compose v1 ends an expression at its first `}` and never
+    interpolates the default, so it runs a wrong image or value.
+    """
+    if project is None or command is None:
+        return []
+    found: list[NestedExpression] = []
+    for path in project.compose_files:
+        document = read_document(path)
+        found += nested_expressions(document, source=_display_name(path, project))
+    if not found:
+        return []
+    if command.is_v2:
+        message = (
+            f"Compose {command.version} reads the {len(found)} nested defaults as airlock does"
+        )
+        return [Finding("compose", OK, message)]
+    findings = []
+    for nested in found:
+        kind = _WORD_KIND.get(nested.operator, "replacement")
+        findings.append(
+            Finding(
+                "compose",
+                ERROR,
+                f"{nested.describe()} has an expression inside its {kind}; "
+                f"docker-compose {command.version} reads nested defaults differently "
+                "from the Compose Specification",
+                _nested_hint(nested),
+                ComposeUnavailableError,
+            )
+        )
+    return findings
 
 
 def _disk_usage_free(path: Path) -> int:
@@ -424,7 +487,8 @@ def doctor(
 
     engine_findings, client, info = check_engine(environ)
     findings += engine_findings
-    findings += check_compose(environ)[0]
+    compose_findings, compose_command = check_compose(environ)
+    findings += compose_findings
     space = {} if free_space is None else {"free_space": free_space}
     findings += check_space("target", target, 0, reserve, what="nothing to write", **space)
     if info is not None:
@@ -439,6 +503,7 @@ def doctor(
         findings.append(Finding("compose", ERROR, f"installed release unreadable: {message}"))
         return findings
     values = dotenv.parse((target / ENV_FILE).read_text(encoding="utf-8"))
+    findings += check_nested_defaults(project, compose_command)
     if client is not None:
         findings += check_ports(project, client, project_name)
         findings += check_images(client, service_images)

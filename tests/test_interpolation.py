@@ -11,6 +11,7 @@ from installer.compose import (
     MissingVariablesError,
     interpolate,
     interpolate_tree,
+    nested_expressions,
     variable_uses,
 )
 from installer.errors import InterpolationError
@@ -309,3 +310,65 @@ def test_variable_uses_skips_escaped_dollar() -> None:
 def test_variable_uses_rejects_malformed_expression() -> None:
     with pytest.raises(InterpolationError, match=r"c.yml: x: invalid interpolation"):
         variable_uses({"x": "${BROKEN"}, source="c.yml")
+
+
+def test_nested_expressions_lists_outermost_expression() -> None:
+    data = {
+        "services": {
+            "db": {
+                "image": "registry.example:5000/demo/db:${DB_TAG:-${BASE_TAG:-16}}",
+                "environment": {"POSTGRES_DB": "${POSTGRES_DB:-${POSTGRES_USER}}"},
+            }
+        }
+    }
+
+    found = nested_expressions(data, source="compose.yml")
+
+    assert [item.describe() for item in found] == [
+        "compose.yml: services.db.image: ${DB_TAG:-${BASE_TAG:-16}}",
+        "compose.yml: services.db.environment.POSTGRES_DB: ${POSTGRES_DB:-${POSTGRES_USER}}",
+    ]
+    assert found[0].name == "DB_TAG"
+    assert found[0].operator == ":-"
+    assert found[0].inner == ("BASE_TAG",)
+    assert found[0].inner_braced
+
+
+@pytest.mark.parametrize(
+    ("template", "expression", "inner", "braced"),
+    [
+        ("${A-${B}}", "${A-${B}}", ("B",), True),
+        ("${A:?need ${B}}", "${A:?need ${B}}", ("B",), True),
+        ("${A?$B}", "${A?$B}", ("B",), False),
+        ("x-${A:+${B:-${C}}}-y", "${A:+${B:-${C}}}", ("B", "C"), True),
+        ("${A:-$B}", "${A:-$B}", ("B",), False),
+    ],
+)
+def test_nested_expressions_every_operator(
+    template: str, expression: str, inner: tuple[str, ...], braced: bool
+) -> None:
+    (found,) = nested_expressions({"key": template}, source="c.yml")
+
+    assert found.expression == expression
+    assert found.inner == inner
+    assert found.inner_braced is braced
+    assert found.key_path == "key"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "${A:-16}",
+        "$A-${B}",
+        "${A:-$${B}}",
+        "pg_isready -d $${POSTGRES_DB}",
+        "{{{ ${FOO:-foo} }}}",
+    ],
+)
+def test_nested_expressions_ignores_flat_expressions(template: str) -> None:
+    assert nested_expressions({"key": [template]}, source="c.yml") == []
+
+
+def test_nested_expressions_rejects_malformed_expression() -> None:
+    with pytest.raises(InterpolationError, match=r"c.yml: x\[0\]: invalid interpolation"):
+        nested_expressions({"x": ["${BROKEN"]}, source="c.yml")
