@@ -265,10 +265,11 @@ def plan_install(
         )
 
         findings, client, info = preflight.check_engine(environ)
-        compose_findings, _ = preflight.check_compose(environ)
+        compose_findings, compose_command = preflight.check_compose(environ)
         findings += compose_findings
         findings += _check_target_space(options, target)
         plan = make_plan(verified, target, state, same_release, environ, client)
+        findings += preflight.check_nested_defaults(plan.project, compose_command)
         plan.findings = findings + _preflight(options, target, plan, state, client, info)
         return plan
     finally:
@@ -419,6 +420,7 @@ def _install_locked(context: _Context, staging: Path) -> InstallResult:
         context.compose_run = prepare_run(
             verified, plan.env_values, environ, options.pull_policy, compose_command
         )
+        findings += preflight.check_nested_defaults(plan.project, compose_command)
         findings += _preflight(options, target, plan, state, client, info)
         preflight.log_findings(findings)
         preflight.raise_for_errors(findings)
