@@ -243,6 +243,15 @@ def _stage_compose(
     ):
         logger.info("variable %s", source.describe())
 
+    for path in project.compose_files:
+        document = compose.read_document(path)
+        for nested in compose.nested_expressions(document, source=path.name):
+            logger.warning(
+                "%s contains a nested expression, which docker-compose v1 reads "
+                "differently from the Compose Specification; installs need Compose v2",
+                nested.describe(),
+            )
+
     pulling = tuple(pull_policy.pulling_services(project))
     for service in pulling:
         logger.warning(
