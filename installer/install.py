@@ -50,6 +50,7 @@ from installer.journal import (
 )
 from installer.lock import TargetLock
 from installer.manifest import Manifest
+from installer.ownership import check_project_owner
 from installer.plan import Plan, make_plan
 from installer.preflight import DEFAULT_RESERVE_BYTES, Finding, FreeSpace
 from installer.progress import NullProgress, ProgressReporter
@@ -180,8 +181,18 @@ class _Context:
 
 
 def _staging_dir(target: Path) -> Path:
-    (target / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="staging-", dir=target / STATE_DIR))
+    """Create this run's staging folder, removing any an earlier, killed run left.
+
+    The caller holds the target's lock, so no other run is using them; a
+    killed run's copy of the bundle would otherwise take its full size on
+    disk for good.
+    """
+    state_dir = target / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in state_dir.glob("staging-*"):
+        logger.info("removing %s, left by an interrupted run", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix="staging-", dir=state_dir))
 
 
 def _verify(options: InstallOptions, staging: Path, progress: ProgressReporter) -> VerifiedBundle:
@@ -234,6 +245,7 @@ def _preflight(
         own = state.current.project_name if state is not None else None
         own = plan.project_name if own is None else own
         findings += preflight.check_ports(plan.project, client, own)
+    findings += check_project_owner(client, plan.project_name, target)
     findings += preflight.check_images(
         client, plan.service_images, [image.tag for image in plan.images_to_load]
     )

@@ -293,3 +293,45 @@ def test_no_docker_engine_is_environment_error(bundle: Path, keys: Path, target:
     )
     assert result.returncode == 4, result.stderr
     assert "Docker engine" in error_line(result.stderr)
+
+
+def test_second_target_with_same_project_is_rejected(
+    bundle: Path, keys: Path, target: Path, tmp_path: Path
+) -> None:
+    """A second folder reusing a running project's name must not take its containers over."""
+    first = run(
+        "airlock-install",
+        "install",
+        str(bundle),
+        "--target",
+        str(target),
+        "--key",
+        str(keys / "release.pub"),
+        "--timeout",
+        "240",
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    other = tmp_path / "other-target"
+    other.mkdir()
+    (other / ".env").write_text((target / ".env").read_text().split("AUTHENTIK")[0])
+    env_before = (other / ".env").read_bytes()
+
+    second = run(
+        "airlock-install",
+        "install",
+        str(bundle),
+        "--target",
+        str(other),
+        "--key",
+        str(keys / "release.pub"),
+    )
+
+    assert second.returncode == 4, second.stdout + second.stderr
+    project = dotenv.parse(env_before.decode())["COMPOSE_PROJECT_NAME"]
+    assert error_line(second.stderr) == (
+        f"error: preflight failed: project: compose project {project} already runs from "
+        f"{target.resolve()}, "
+        f"not from {other.resolve()}"
+    )
+    assert (other / ".env").read_bytes() == env_before
+    assert sorted(p.name for p in other.iterdir()) == [".env"]
