@@ -195,7 +195,8 @@ def check_nested_defaults(
         return []
     if command.is_v2:
         message = (
-            f"Compose {command.version} reads the {len(found)} nested defaults as airlock does"
+            f"Compose {command.version} reads nested defaults as the Compose Specification "
+            f"says ({len(found)} found)"
         )
         return [Finding("compose", OK, message)]
     findings = []
