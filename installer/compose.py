@@ -1052,7 +1052,9 @@ class _Loader:
         if resolved not in self.documents:
             raw = _read_yaml(path)
             environment = self.environ if environ is None else environ
-            document = _interpolate_node(raw, environment, str(path), "", self.evaluation)
+            document = _interpolate_node(
+                raw, environment, _display_name(path, self.project_dir), "", self.evaluation
+            )
             self.documents[resolved] = document
             self.files.append(path)
             self.compose_files.append(path)
@@ -1210,6 +1212,19 @@ def _files_defining(name: str, paths: Sequence[Path], documents: Sequence[dict[s
         if isinstance(document.get("services"), dict) and name in document["services"]
     ]
     return ", ".join(defining or [str(path) for path in paths])
+
+
+def _display_name(path: Path, project_dir: Path) -> str:
+    """Name a file in messages as Compose does: relative to the project folder.
+
+    The installer reads compose files from a staging folder that is gone by
+    the time the operator reads the message; the relative name is the one
+    they find in the target.
+    """
+    try:
+        return str(path.resolve().relative_to(project_dir.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def load_project(

@@ -97,7 +97,7 @@ def test_a01_unterminated_expression_names_file_and_key(tmp_path: Path) -> None:
         load(tmp_path, "services:\n  db:\n    image: demo/db:${DB_TAG:-16\n", "")
 
     assert caught.value.message == (
-        f"{tmp_path / 'compose.yml'}: services.db.image: invalid interpolation "
+        "compose.yml: services.db.image: invalid interpolation "
         '"${DB_TAG:-16": unterminated ${'
     )
 
@@ -258,7 +258,7 @@ def test_a07_every_missing_required_variable_is_listed(tmp_path: Path) -> None:
         load(tmp_path, A07_COMPOSE, "APP_TAG=1.0\nDB_PASS=x\n")
 
     assert [item.describe() for item in caught.value.missing] == [
-        f"DB_USER: user missing ({tmp_path / 'compose.yml'}: services.app.environment.DSN)"
+        "DB_USER: user missing (compose.yml: services.app.environment.DSN)"
     ]
 
 

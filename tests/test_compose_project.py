@@ -97,7 +97,7 @@ def test_authentik_2026_lists_missing_secrets_together() -> None:
     with pytest.raises(MissingVariablesError) as caught:
         load_project([AUTHENTIK_2026], {})
 
-    source = str(AUTHENTIK_2026)
+    source = AUTHENTIK_2026.name
     assert [(item.name, item.message, item.source) for item in caught.value.missing] == [
         (
             "PG_PASS",
@@ -204,7 +204,7 @@ def test_unterminated_expression_names_file_and_key(tmp_path: Path) -> None:
         load_project([compose_file], {})
 
     assert str(caught.value) == (
-        f'{compose_file}: services.db.image: invalid interpolation "${{DB_TAG:-16": '
+        'compose.yml: services.db.image: invalid interpolation "${DB_TAG:-16": '
         "unterminated ${; write $$ for a literal $"
     )
 
@@ -260,7 +260,7 @@ def test_required_variables_listed_with_messages(tmp_path: Path) -> None:
 
     assert str(caught.value) == (
         "required variable is missing a value: DB_USER: user missing "
-        f"({compose_file}: services.app.environment.DSN); "
+        "(compose.yml: services.app.environment.DSN); "
         "set them in .env or in the environment"
     )
 
@@ -726,7 +726,7 @@ def test_unset_variable_warns_once_per_load(
         load_project([compose_file], {})
 
     assert [record.getMessage() for record in caplog.records] == [
-        f'The "TAG" variable is not set; using an empty string in {compose_file}: '
+        'The "TAG" variable is not set; using an empty string in compose.yml: '
         "services.a.image and 1 more places"
     ]
 
