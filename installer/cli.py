@@ -13,7 +13,7 @@ from installer import __version__, engine
 from installer._cli_common import EXIT_CODES_HELP, configure_logging, report_errors
 from installer._cli_trust import VerificationChecks, trust, verification_options
 from installer.compose_cli import service_status
-from installer.errors import UsageError
+from installer.errors import NotInstalledError, UsageError
 from installer.inspect import describe_bundle, format_description
 from installer.install import (
     DEFAULT_HEALTH_TIMEOUT,
@@ -293,7 +293,7 @@ def status(target: Path, as_json: bool) -> None:
                 f"nothing is installed in {target}: {interrupted.describe()}",
                 hint="run the same install again to finish it",
             )
-        raise click.UsageError(f"nothing is installed in {target}")
+        raise NotInstalledError(target)
     services = service_status(engine.connect(), state.current.project_name)
     if as_json:
         data = state.to_json()

@@ -69,6 +69,16 @@ class InstallError(AirlockError):
     """An install step failed after verification passed."""
 
 
+class NotInstalledError(AirlockError):
+    """A command needs an installed release and the target has none."""
+
+    def __init__(self, target: object) -> None:
+        super().__init__(
+            f"nothing is installed in {target}",
+            hint="check the --target folder, or install a bundle there with airlock-install install",
+        )
+
+
 class HealthCheckError(InstallError):
     """Services did not become healthy within the timeout."""
 

@@ -31,7 +31,7 @@ from installer.archive import BundleFacts, VerifiedBundle, open_bundle, read_bun
 from installer.compose_cli import ComposeCommand, ServiceStatus, detect, wait_healthy
 from installer.constants import ENV_FILE, STATE_DIR
 from installer.envmerge import EnvChange
-from installer.errors import AirlockError, InstallError, UsageError
+from installer.errors import AirlockError, InstallError, NotInstalledError, UsageError
 from installer.journal import (
     COMPOSE_WRITTEN,
     FILES_WRITTEN,
@@ -739,7 +739,7 @@ def rollback(
                 f"nothing to roll back to in {target}: {interrupted.describe()}",
                 hint="run the same install again to finish it",
             )
-        raise UsageError(f"nothing is installed in {target}")
+        raise NotInstalledError(target)
     with TargetLock(target):
         state = load_state(target)
         assert state is not None

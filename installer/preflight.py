@@ -28,6 +28,7 @@ from installer.errors import (
     ComposeUnavailableError,
     DiskSpaceError,
     EnvironmentNotReadyError,
+    NotInstalledError,
     UsageError,
 )
 from installer.journal import load_journal
@@ -473,7 +474,7 @@ def doctor(
     """Run the preflight checks against the release installed in `target`, changing nothing."""
     state = load_state(target)
     if state is None:
-        raise UsageError(f"nothing is installed in {target}")
+        raise NotInstalledError(target)
     findings: list[Finding] = []
     interrupted = load_journal(target)
     if interrupted is not None:

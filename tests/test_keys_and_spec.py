@@ -110,3 +110,10 @@ def test_cli_missing_bundle_file_is_one_line_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert f"error: cannot open bundle {tmp_path / 'absent.airlock'}" in result.output
+
+
+@pytest.mark.parametrize("command", ["status", "rollback", "doctor"])
+def test_command_on_empty_target_says_nothing_installed(tmp_path: Path, command: str) -> None:
+    result = CliRunner().invoke(install_main, [command, "--target", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == f"error: nothing is installed in {tmp_path}"
