@@ -50,7 +50,7 @@ from installer.journal import (
 )
 from installer.lock import TargetLock
 from installer.manifest import Manifest
-from installer.ownership import check_project_owner
+from installer.ownership import check_project_owner, check_target_folder
 from installer.plan import Plan, make_plan
 from installer.preflight import DEFAULT_RESERVE_BYTES, Finding, FreeSpace
 from installer.progress import NullProgress, ProgressReporter
@@ -246,6 +246,7 @@ def _preflight(
         own = plan.project_name if own is None else own
         findings += preflight.check_ports(plan.project, client, own)
     findings += check_project_owner(client, plan.project_name, target)
+    findings += check_target_folder(target)
     findings += preflight.check_images(
         client, plan.service_images, [image.tag for image in plan.images_to_load]
     )

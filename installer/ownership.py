@@ -1,4 +1,4 @@
-"""Which target folder a running compose project belongs to.
+"""Whether a target folder is safe to install into, and owns its compose project.
 
 Compose names a project's containers, networks and volumes after the
 project name alone. Two target folders with the same project name therefore
@@ -10,13 +10,15 @@ is what this check reads.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import docker
 
 from installer import engine
-from installer.constants import COMPOSE_PROJECT_LABEL
-from installer.preflight import ERROR, OK, Finding
+from installer.constants import COMPOSE_PROJECT_LABEL, ENV_FILE
+from installer.preflight import ERROR, OK, WARNING, Finding
 
 # Set by docker-compose 1.26 and later and by Compose v2 (docker/compose api/labels.go).
 WORKING_DIR_LABEL = "com.docker.compose.project.working_dir"
@@ -53,3 +55,35 @@ def check_project_owner(
             )
         ]
     return [Finding("project", OK, f"compose project {project_name} belongs to {resolved}")]
+
+
+def check_target_folder(target: Path) -> list[Finding]:
+    """Check the target's `.env` is a regular file and the folder is not writable by others."""
+    findings: list[Finding] = []
+    env_path = target / ENV_FILE
+    if env_path.is_symlink():
+        findings.append(
+            Finding(
+                "target",
+                ERROR,
+                f"{env_path} is a symbolic link to {os.readlink(env_path)}; the installer "
+                "replaces .env atomically, which would turn the link into a regular file",
+                f"copy the linked file to {env_path}, or move settings you share between "
+                "folders into an env_file the compose file names",
+            )
+        )
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        return findings
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        findings.append(
+            Finding(
+                "target",
+                WARNING,
+                f"{target} is writable by other users (mode {mode:04o}); they can change the "
+                "compose files that docker compose runs",
+                f"chmod go-w {target}",
+            )
+        )
+    return findings
