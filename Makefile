@@ -56,6 +56,8 @@ lint: venv
 
 bench: venv services ; $(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# The demo's .env (and its generated database password) goes with demo/, so
+# the database volume goes too: a new password would not open the old data.
 clean-demo:
-	-cd $(DEMO_TARGET) && docker-compose down --remove-orphans
+	-[ ! -d $(DEMO_TARGET) ] || (cd $(DEMO_TARGET) && docker-compose down --volumes --remove-orphans)
 	rm -rf $(DEMO_DIR) dist
