@@ -266,8 +266,10 @@ def check_trust_update(
     """Return the bundle's checked trust update, or None when it carries none.
 
     Raises `TrustUpdateError` when the update is invalid, when no trust
-    store is in use, or when fewer than `threshold` of the bundle's signers
-    are keys of that store.
+    store is in use, when fewer than `threshold` of the bundle's signers
+    are keys of that store allowed to sign its name, when it adds a key
+    the store revoked, or when it adds, changes or revokes a key beyond
+    the bundle names its signers may sign. It changes nothing on the host.
     """
     if verified.manifest.member(TRUST_UPDATE_PATH) is None:
         return None
@@ -279,7 +281,9 @@ def check_trust_update(
             "bundle carries a trust update, but this run uses no trust store",
             hint="install it with the trust store (no --key or --trust) so the update can be applied",
         )
-    TrustStore(trust_store).check_update_signers(update, verified.signers, threshold)
+    TrustStore(trust_store).authorize_update(
+        update, verified.signer_ids, bundle_name=verified.manifest.name, threshold=threshold
+    )
     return update
 
 
@@ -289,10 +293,14 @@ def _apply_trust_update(
     update, store_path = facts.trust_update, options.trust_store
     if update is None or store_path is None:
         return
+    if facts.name is None:
+        raise ValueError("a trust update is applied only after check_release read the bundle name")
     error: BaseException | None = None
     changes = []
     try:
-        changes = TrustStore(store_path).apply_update(update)
+        changes = TrustStore(store_path).apply_update(
+            update, facts.signers, bundle_name=facts.name, threshold=options.threshold
+        )
     except (OSError, AirlockError) as err:
         logger.error("could not apply the bundle's trust update to %s: %s", store_path, err)
         error = err
@@ -334,8 +342,9 @@ def check_release(
     2. It has not expired (`ignore_expiry` overrides).
     3. It is not older than the highest release of its name installed on
        this host, as the host record file `host_record` stores it.
-    4. A trust update it carries is valid and signed by `threshold` keys
-       of the trust store `trust_store`.
+    4. A trust update it carries is valid, signed by `threshold` keys of
+       the trust store `trust_store` allowed to sign this name, and adds
+       or revokes only keys within the bundle names those keys may sign.
     5. The target contains the same bundle name, no higher sequence, and no
        other bundle under this sequence.
 

@@ -24,6 +24,14 @@ It is applied after the bundle installs, and only when keys already in
 this store signed the bundle (as many as the install's threshold). That is
 how a key is rotated on every host: a transition release signed with the
 old key adds the new one, and a later one revokes the old key.
+
+An update grants or removes only bundle names its signers may sign. The
+signers that count are store keys allowed to sign the carrying bundle's
+name. Each key the update adds, changes or revokes needs `threshold` of
+them whose own bundle names cover that key's. So a signer for any bundle
+may add or revoke any key, and a signer for `trialapp` only keys limited
+to `trialapp`. A revoked key never returns through an update, only
+through `trust add`.
 """
 
 from __future__ import annotations
@@ -113,6 +121,14 @@ class TrustChange:
 
 class TrustUpdateError(BundleRejectedError):
     """A bundle's trust update is malformed or not signed by a key this store trusts."""
+
+
+class TrustUpdateScopeError(TrustUpdateError):
+    """A trust update changes a key beyond the bundle names its signers may sign."""
+
+
+class RevokedKeyInUpdateError(TrustUpdateError):
+    """A trust update adds a key this store revoked, which only `trust add` may restore."""
 
 
 @dataclass(frozen=True)
@@ -312,41 +328,46 @@ class TrustStore:
         logger.info("trust store %s: revoked key %s", self.folder, entry.key_id)
         return TrustChange("revoked", removed, entry)
 
-    def check_update_signers(
-        self, update: TrustUpdate, signers: Iterable[TrustedKey], threshold: int
+    def authorize_update(
+        self,
+        update: TrustUpdate,
+        signer_ids: Iterable[str],
+        *,
+        bundle_name: str,
+        threshold: int = 1,
     ) -> None:
-        """Raise unless `threshold` of `signers` are keys this store trusts now."""
-        active, _ = self._read_index()
-        in_store = [key for key in signers if key.key_id in active]
-        if len(in_store) >= max(threshold, 1):
-            return
-        raise TrustUpdateError(
-            f"bundle carries a trust update ({_describe_update(update)}) but is signed by "
-            f"{len(in_store)} keys of the trust store {self.folder}, {max(threshold, 1)} required",
-            hint=(
-                "a trust update must be signed by keys this host already trusts; "
-                "install with those keys in the trust store rather than only --key or --trust"
-            ),
-        )
+        """Raise unless the bundle's signers may make every change in `update`.
 
-    def apply_update(self, update: TrustUpdate) -> list[TrustChange]:
+        Reads the store afresh and changes nothing, so the install runs it
+        before touching the host. `apply_update` runs it again under the lock.
+        """
+        active, revoked = self._read_index()
+        _authorize(update, active, revoked, signer_ids, bundle_name, threshold, self.folder)
+
+    def apply_update(
+        self,
+        update: TrustUpdate,
+        signer_ids: Iterable[str],
+        *,
+        bundle_name: str,
+        threshold: int = 1,
+    ) -> list[TrustChange]:
         """Add and revoke the update's keys under one lock, replacing the index once.
 
-        New key files are written before the index and revoked ones moved
-        after it, so a crash in between leaves only files the index does
-        not trust.
+        The authorization `authorize_update` does is repeated under the lock,
+        so a key revoked since the install began is not added back. New key
+        files are written before the index and revoked ones moved after it,
+        so a crash in between leaves only files the index does not trust.
         """
         changes: list[TrustChange] = []
         with self._locked():
             active, revoked = self._read_index()
+            _authorize(update, active, revoked, signer_ids, bundle_name, threshold, self.folder)
             now = _now()
             for key in update.add:
-                previous = active.get(key.key_id) or revoked.pop(key.key_id, None)
+                previous = active.get(key.key_id)
                 entry = TrustEntry(key.key_id, key.name, key.bundles, now)
                 write_atomic(self.folder / f"{key.key_id}{PUBLIC_KEY_SUFFIX}", key.pem)
-                (self.folder / REVOKED_DIR / f"{key.key_id}{PUBLIC_KEY_SUFFIX}").unlink(
-                    missing_ok=True
-                )
                 active[key.key_id] = entry
                 changes.append(
                     TrustChange("added" if previous is None else "updated", entry, previous)
@@ -466,6 +487,151 @@ class TrustStore:
             yield
         finally:
             os.close(fd)
+
+
+def _may_sign(entry: TrustEntry, bundle_name: str) -> bool:
+    return not entry.bundles or bundle_name in entry.bundles
+
+
+def _covers(signer_bundles: tuple[str, ...], requested: tuple[str, ...]) -> bool:
+    """Return True when a signer for `signer_bundles` may grant or remove a key for `requested`.
+
+    An empty tuple means any bundle on both sides.
+    """
+    if not signer_bundles:
+        return True
+    return bool(requested) and set(requested) <= set(signer_bundles)
+
+
+def _scope(bundles: tuple[str, ...]) -> str:
+    return f"bundles {', '.join(bundles)}" if bundles else "any bundle"
+
+
+def _authorize(
+    update: TrustUpdate,
+    active: Mapping[str, TrustEntry],
+    revoked: Mapping[str, TrustEntry],
+    signer_ids: Iterable[str],
+    bundle_name: str,
+    threshold: int,
+    folder: Path,
+) -> None:
+    """Raise unless `threshold` signers allowed for `bundle_name` may make each change in `update`.
+
+    The signers' bundle names come from this store's index, not from the
+    keys a run verified with, because the store decides what its keys hold.
+    """
+    required = max(threshold, 1)
+    counted = _counted_signers(update, active, signer_ids, bundle_name, required, folder)
+    for key in update.add:
+        revoked_entry = revoked.get(key.key_id)
+        if revoked_entry is not None:
+            raise RevokedKeyInUpdateError(
+                f"trust update adds key {key.name} ({key.key_id}), which this trust store "
+                f"revoked at {revoked_entry.revoked_at}",
+                hint=(
+                    "a revoked key does not return through a bundle; an operator may restore "
+                    "it with airlock-install trust add KEYFILE, or the publisher may rebuild "
+                    f"the bundle without it in {TRUST_UPDATE_PATH}"
+                ),
+            )
+        _check_scope(
+            f"adds key {key.name} ({key.key_id}) for {_scope(key.bundles)}",
+            key.bundles,
+            key.key_id,
+            counted,
+            required,
+        )
+        current = active.get(key.key_id)
+        if current is not None and current.bundles != key.bundles:
+            # Changing a trusted key's bundle names removes its old scope, so
+            # the signers must hold that too.
+            _check_scope(
+                f"changes key {current.name} ({key.key_id}) from {_scope(current.bundles)} "
+                f"to {_scope(key.bundles)}",
+                current.bundles,
+                key.key_id,
+                counted,
+                required,
+            )
+    for revoked_id in update.revoke:
+        current = active.get(revoked_id)
+        if current is None:
+            # Already revoked or never trusted: applying it changes nothing.
+            continue
+        _check_scope(
+            f"revokes key {current.name} ({revoked_id}), which may sign {_scope(current.bundles)}",
+            current.bundles,
+            revoked_id,
+            counted,
+            required,
+        )
+
+
+def _counted_signers(
+    update: TrustUpdate,
+    active: Mapping[str, TrustEntry],
+    signer_ids: Iterable[str],
+    bundle_name: str,
+    required: int,
+    folder: Path,
+) -> list[TrustEntry]:
+    """Return the signers' store entries that may sign `bundle_name`, or raise below `required`."""
+    in_store = sorted(
+        (active[key_id] for key_id in set(signer_ids) if key_id in active), key=lambda e: e.name
+    )
+    if len(in_store) < required:
+        raise TrustUpdateError(
+            f"bundle carries a trust update ({_describe_update(update)}) but is signed by "
+            f"{len(in_store)} keys of the trust store {folder}, {required} required",
+            hint=(
+                "a trust update must be signed by keys this host already trusts; "
+                "install with those keys in the trust store rather than only --key or --trust"
+            ),
+        )
+    counted = [entry for entry in in_store if _may_sign(entry, bundle_name)]
+    if len(counted) < required:
+        raise TrustUpdateScopeError(
+            f"bundle {bundle_name} carries a trust update ({_describe_update(update)}) but is "
+            f"signed by {len(counted)} keys of the trust store {folder} allowed to sign "
+            f"{bundle_name}, {required} required",
+            hint=f"a trust update must be signed by keys this host trusts for {bundle_name}",
+        )
+    return counted
+
+
+def _check_scope(
+    change: str,
+    requested: tuple[str, ...],
+    key_id: str,
+    counted: list[TrustEntry],
+    required: int,
+) -> None:
+    """Raise unless `required` of the `counted` signers may sign every bundle name in `requested`.
+
+    `change` describes the change for the message, for example
+    "adds key new (<key id>) for any bundle".
+    """
+    holders = [entry for entry in counted if _covers(entry.bundles, requested)]
+    if len(holders) >= required:
+        return
+    signers = "; ".join(
+        f"{entry.name} ({entry.key_id}) may sign "
+        + (f"only {', '.join(entry.bundles)}" if entry.bundles else "any bundle")
+        for entry in counted
+    )
+    if holders:
+        beyond = f"which only {len(holders)} of its signers may grant, {required} required"
+    else:
+        beyond = "beyond what its signers may sign"
+    raise TrustUpdateScopeError(
+        f"trust update {change}, {beyond}: {signers}",
+        hint=(
+            "an update may grant or remove only the bundle names its signers may sign; "
+            f"ask the publisher for one signed by keys trusted for {_scope(requested)}, "
+            f"or change key {key_id} with airlock-install trust add or trust remove"
+        ),
+    )
 
 
 def _describe_update(update: TrustUpdate) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,8 +22,10 @@ from installer.errors import SignatureError, UsageError
 from installer.install import InstallOptions
 from installer.manifest import Member
 from installer.trust import (
+    RevokedKeyInUpdateError,
     TrustStore,
     TrustUpdateError,
+    TrustUpdateScopeError,
     load_keys,
     parse_bundle_names,
     parse_trust_update,
@@ -49,7 +52,7 @@ def store(tmp_path: Path) -> TrustStore:
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
     folder = tmp_path / "keys"
-    for name in ("old", "new", "stranger"):
+    for name in ("old", "new", "stranger", "limited"):
         generate_key_pair(folder, name)
     return folder
 
@@ -388,11 +391,22 @@ def test_verify_with_empty_store_is_usage_error(keys: Path, tmp_path: Path) -> N
 # Trust updates carried in a bundle: rotating a key on every host.
 
 
-def _update(keys: Path, *, add: tuple[str, ...] = (), revoke: tuple[str, ...] = ()) -> bytes:
+def _update(
+    keys: Path,
+    *,
+    add: tuple[str, ...] = (),
+    revoke: tuple[str, ...] = (),
+    bundles: tuple[str, ...] = ("demo",),
+) -> bytes:
+    """A trust update adding each key in `add` for `bundles` (empty: any) and revoking `revoke`."""
     data = {
         "version": 1,
         "add": [
-            {"name": name, "public_key": (keys / f"{name}.pub").read_text(), "bundles": ["demo"]}
+            {
+                "name": name,
+                "public_key": (keys / f"{name}.pub").read_text(),
+                "bundles": list(bundles),
+            }
             for name in add
         ],
         "revoke": [trusted_key(load_private_key(keys / f"{name}.key")).key_id for name in revoke],
@@ -428,7 +442,9 @@ def test_transition_bundle_rotates_key(store: TrustStore, keys: Path, tmp_path: 
     new_key = load_private_key(keys / "new.key")
     new_id = trusted_key(new_key).key_id
     transition = write_signed(
-        tmp_path / "a", [old_key], extra={"airlock/trust-update.json": _update(keys, add=("new",))}
+        tmp_path / "a",
+        [old_key],
+        extra={"airlock/trust-update.json": _update(keys, add=("new",), bundles=())},
     )
     signed_by_new = write_signed(tmp_path / "b", [new_key], sequence=2)
 
@@ -439,7 +455,7 @@ def test_transition_bundle_rotates_key(store: TrustStore, keys: Path, tmp_path: 
     options = _install_records(transition, store, tmp_path)
 
     assert [(e.name, e.bundles, e.revoked_at) for e in store.entries()] == [
-        ("new", ("demo",), None),
+        ("new", (), None),
         ("old", (), None),
     ]
     assert [k.name for k in verify_file(signed_by_new, store.trusted_keys()).signers] == ["new"]
@@ -528,3 +544,307 @@ def test_trust_update_cannot_add_and_revoke_same_key(keys: Path) -> None:
     with pytest.raises(TrustUpdateError) as caught:
         parse_trust_update(json.dumps(raw).encode())
     assert caught.value.message.endswith(f"it both adds and revokes {raw['revoke'][0]}")
+
+
+# A trust update grants or removes only what its signers hold.
+
+TRUST_UPDATE = "airlock/trust-update.json"
+SCOPE_HINT = (
+    "an update may grant or remove only the bundle names its signers may sign; "
+    "ask the publisher for one signed by keys trusted for {requested}, "
+    "or change key {key_id} with airlock-install trust add or trust remove"
+)
+
+
+def _key_id(keys: Path, name: str) -> str:
+    return trusted_key(load_private_key(keys / f"{name}.key")).key_id
+
+
+def _update_bundle(
+    folder: Path, keys: Path, *signers: str, update: bytes, sequence: int = 2
+) -> Path:
+    """A bundle named trialapp, signed by each key in `signers`, carrying `update`."""
+    private = [load_private_key(keys / f"{signer}.key") for signer in signers]
+    return write_signed(
+        folder, private, name="trialapp", sequence=sequence, extra={TRUST_UPDATE: update}
+    )
+
+
+def _host_files(store: TrustStore, tmp_path: Path) -> dict[str, bytes]:
+    """Every file in the trust store, and the host record, by path."""
+    files = {str(path): path.read_bytes() for path in store.folder.rglob("*") if path.is_file()}
+    record = tmp_path / "installed.json"
+    files[str(record)] = record.read_bytes()
+    return files
+
+
+def _reject_update(
+    bundle: Path, store: TrustStore, keys: Path, tmp_path: Path, *signers: str, threshold: int = 1
+) -> TrustUpdateError:
+    """Install trialapp sequence 1, then offer `bundle`; return its rejection.
+
+    Asserts that the rejection has exit code 3 and left the trust store and
+    the host record byte for byte as the first install left them.
+    """
+    private = [load_private_key(keys / f"{signer}.key") for signer in signers]
+    first = write_signed(tmp_path / "first", private, name="trialapp", sequence=1)
+    _install_records(first, store, tmp_path, threshold=threshold)
+    before = _host_files(store, tmp_path)
+
+    with pytest.raises(TrustUpdateError) as caught:
+        _install_records(bundle, store, tmp_path, threshold=threshold)
+
+    assert caught.value.exit_code == 3
+    assert _host_files(store, tmp_path) == before
+    return caught.value
+
+
+def test_scoped_signer_cannot_add_unrestricted_key(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "limited.pub", name=None, bundles=("trialapp",))
+    update = _update(keys, add=("new",), bundles=())
+    bundle = _update_bundle(tmp_path / "b", keys, "limited", update=update)
+
+    error = _reject_update(bundle, store, keys, tmp_path, "limited")
+
+    new_id, limited_id = _key_id(keys, "new"), _key_id(keys, "limited")
+    assert isinstance(error, TrustUpdateScopeError)
+    assert error.message == (
+        f"trust update adds key new ({new_id}) for any bundle, beyond what its signers "
+        f"may sign: limited ({limited_id}) may sign only trialapp"
+    )
+    assert error.hint == SCOPE_HINT.format(requested="any bundle", key_id=new_id)
+
+
+def test_scoped_signer_cannot_add_key_for_other_bundle(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "limited.pub", name=None, bundles=("trialapp",))
+    update = _update(keys, add=("new",), bundles=("trialapp", "other"))
+    bundle = _update_bundle(tmp_path / "b", keys, "limited", update=update)
+
+    error = _reject_update(bundle, store, keys, tmp_path, "limited")
+
+    assert isinstance(error, TrustUpdateScopeError)
+    assert error.message == (
+        f"trust update adds key new ({_key_id(keys, 'new')}) for bundles other, trialapp, "
+        f"beyond what its signers may sign: limited ({_key_id(keys, 'limited')}) may sign "
+        "only trialapp"
+    )
+
+
+def test_scoped_signer_cannot_revoke_unrestricted_key(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.add(keys / "limited.pub", name=None, bundles=("trialapp",))
+    bundle = _update_bundle(tmp_path / "b", keys, "limited", update=_update(keys, revoke=("old",)))
+
+    error = _reject_update(bundle, store, keys, tmp_path, "limited")
+
+    old_id = _key_id(keys, "old")
+    assert isinstance(error, TrustUpdateScopeError)
+    assert error.message == (
+        f"trust update revokes key old ({old_id}), which may sign any bundle, beyond what "
+        f"its signers may sign: limited ({_key_id(keys, 'limited')}) may sign only trialapp"
+    )
+    assert error.hint == SCOPE_HINT.format(requested="any bundle", key_id=old_id)
+
+
+def test_scoped_signer_cannot_narrow_unrestricted_key(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    """Re-adding a trusted key with fewer bundle names removes the rest, which the signer lacks."""
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.add(keys / "limited.pub", name=None, bundles=("trialapp",))
+    update = _update(keys, add=("old",), bundles=("trialapp",))
+    bundle = _update_bundle(tmp_path / "b", keys, "limited", update=update)
+
+    error = _reject_update(bundle, store, keys, tmp_path, "limited")
+
+    assert isinstance(error, TrustUpdateScopeError)
+    assert error.message == (
+        f"trust update changes key old ({_key_id(keys, 'old')}) from any bundle to bundles "
+        f"trialapp, beyond what its signers may sign: limited ({_key_id(keys, 'limited')}) "
+        "may sign only trialapp"
+    )
+
+
+def test_threshold_counts_only_signers_holding_scope(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.add(keys / "limited.pub", name=None, bundles=("trialapp",))
+    update = _update(keys, add=("new",), bundles=())
+    bundle = _update_bundle(tmp_path / "b", keys, "old", "limited", update=update)
+
+    error = _reject_update(bundle, store, keys, tmp_path, "old", "limited", threshold=2)
+
+    assert isinstance(error, TrustUpdateScopeError)
+    assert error.message == (
+        f"trust update adds key new ({_key_id(keys, 'new')}) for any bundle, which only 1 of "
+        f"its signers may grant, 2 required: limited ({_key_id(keys, 'limited')}) may sign "
+        f"only trialapp; old ({_key_id(keys, 'old')}) may sign any bundle"
+    )
+
+
+def test_update_signers_must_be_allowed_for_bundle(store: TrustStore, keys: Path) -> None:
+    """The store's scope decides, even when the keys a run verified with said otherwise.
+
+    `check_release` rejects such a signer earlier, with the keys it verified
+    with; this is the check when the store narrowed the key since then.
+    """
+    store.add(keys / "limited.pub", name=None, bundles=("trialapp",))
+    update = parse_trust_update(_update(keys, add=("new",), bundles=("trialapp",)))
+    index = store.index_path.read_bytes()
+
+    with pytest.raises(TrustUpdateScopeError) as caught:
+        store.authorize_update(update, [_key_id(keys, "limited")], bundle_name="demo")
+
+    assert caught.value.message == (
+        f"bundle demo carries a trust update (adds new ({_key_id(keys, 'new')})) but is signed "
+        f"by 0 keys of the trust store {store.folder} allowed to sign demo, 1 required"
+    )
+    assert caught.value.exit_code == 3
+    assert store.index_path.read_bytes() == index
+
+
+def test_update_cannot_restore_revoked_key(store: TrustStore, keys: Path, tmp_path: Path) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.add(keys / "new.pub", name=None, bundles=())
+    revoked = store.remove("new").entry
+    update = _update(keys, add=("new",), bundles=())
+    bundle = _update_bundle(tmp_path / "b", keys, "old", update=update)
+
+    error = _reject_update(bundle, store, keys, tmp_path, "old")
+
+    assert isinstance(error, RevokedKeyInUpdateError)
+    assert error.message == (
+        f"trust update adds key new ({revoked.key_id}), which this trust store revoked at "
+        f"{revoked.revoked_at}"
+    )
+    assert error.hint == (
+        "a revoked key does not return through a bundle; an operator may restore it with "
+        "airlock-install trust add KEYFILE, or the publisher may rebuild the bundle without "
+        "it in airlock/trust-update.json"
+    )
+    assert (store.folder / "revoked" / f"{revoked.key_id}.pub").is_file()
+
+
+def test_apply_rejects_key_revoked_during_install(
+    store: TrustStore, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key revoked after the checks passed but before the update applies stays revoked."""
+    store.add(keys / "old.pub", name=None, bundles=())
+    store.add(keys / "new.pub", name=None, bundles=())
+    update = _update(keys, add=("new",), bundles=("trialapp",))
+    bundle = _update_bundle(tmp_path / "b", keys, "old", update=update, sequence=1)
+    options = InstallOptions(
+        bundle=bundle,
+        target=tmp_path / "target",
+        trusted=tuple(store.trusted_keys()),
+        host_record=tmp_path / "installed.json",
+        trust_store=store.folder,
+    )
+    with bundle.open("rb") as stream:
+        verified = read_bundle(stream, options.trusted, stage_to=tmp_path / "stage")
+    policy.check_release(None, verified, False, **policy.release_checks(options))
+    revoked = store.remove("new").entry
+    index = store.index_path.read_bytes()
+
+    with caplog.at_level(logging.ERROR, logger="installer.policy"):
+        policy.record_install(options, options.target, environ={})
+
+    assert store.index_path.read_bytes() == index
+    assert [r.getMessage() for r in caplog.records] == [
+        f"could not apply the bundle's trust update to {store.folder}: trust update adds key "
+        f"new ({revoked.key_id}), which this trust store revoked at {revoked.revoked_at}; "
+        "a revoked key does not return through a bundle; an operator may restore it with "
+        "airlock-install trust add KEYFILE, or the publisher may rebuild the bundle without "
+        "it in airlock/trust-update.json"
+    ]
+
+
+def test_trust_add_says_it_restores_revoked_key(keys: Path, tmp_path: Path) -> None:
+    env = {
+        "AIRLOCK_TRUST_STORE": str(tmp_path / "store"),
+        "AIRLOCK_AUDIT_LOG": str(tmp_path / "audit.log"),
+    }
+    key_id = _key_id(keys, "new")
+    assert _cli("trust", "add", str(keys / "new.pub"), env=env).returncode == 0
+    removed = _cli("trust", "remove", "new", env=env)
+    assert removed.returncode == 0, removed.stderr
+
+    restored = _cli("trust", "add", str(keys / "new.pub"), env=env)
+
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout == (
+        f"restored key new ({key_id}) for any bundle in {tmp_path / 'store'}\n"
+    )
+    last = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
+    assert last["action"] == "trust-add"
+    assert last["flags"]["change"] == "restored"
+    assert "previously_revoked_at" in last["flags"]
+
+
+@pytest.mark.parametrize("added", [(), ("trialapp",), ("other",)])
+def test_unrestricted_signer_adds_key_for_any_scope(
+    store: TrustStore, keys: Path, tmp_path: Path, added: tuple[str, ...]
+) -> None:
+    store.add(keys / "old.pub", name=None, bundles=())
+    bundle = _update_bundle(
+        tmp_path / "b", keys, "old", update=_update(keys, add=("new",), bundles=added)
+    )
+
+    _install_records(bundle, store, tmp_path)
+
+    assert [(e.name, e.bundles, e.revoked_at) for e in store.entries()] == [
+        ("new", added, None),
+        ("old", (), None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("signer_bundles", "added"),
+    [
+        (("trialapp",), ("trialapp",)),
+        (("other", "trialapp"), ("other", "trialapp")),
+        (("other", "trialapp"), ("trialapp",)),
+        (("other", "trialapp"), ("other",)),
+    ],
+)
+def test_scoped_signer_adds_key_within_its_scope(
+    store: TrustStore,
+    keys: Path,
+    tmp_path: Path,
+    signer_bundles: tuple[str, ...],
+    added: tuple[str, ...],
+) -> None:
+    store.add(keys / "limited.pub", name=None, bundles=signer_bundles)
+    bundle = _update_bundle(
+        tmp_path / "b", keys, "limited", update=_update(keys, add=("new",), bundles=added)
+    )
+
+    _install_records(bundle, store, tmp_path)
+
+    assert [(e.name, e.bundles, e.revoked_at) for e in store.entries()] == [
+        ("limited", signer_bundles, None),
+        ("new", added, None),
+    ]
+
+
+def test_scoped_signer_revokes_key_within_its_scope(
+    store: TrustStore, keys: Path, tmp_path: Path
+) -> None:
+    store.add(keys / "limited.pub", name=None, bundles=("trialapp",))
+    new_id = store.add(keys / "new.pub", name=None, bundles=("trialapp",)).entry.key_id
+    bundle = _update_bundle(tmp_path / "b", keys, "limited", update=_update(keys, revoke=("new",)))
+
+    _install_records(bundle, store, tmp_path)
+
+    active, revoked = store.entries()
+    assert (active.name, active.revoked_at) == ("limited", None)
+    assert revoked.name == "new"
+    assert revoked.revoked_at is not None
+    assert (store.folder / "revoked" / f"{new_id}.pub").is_file()
