@@ -252,3 +252,120 @@ def test_build_is_byte_identical(tmp_path: Path) -> None:
         hashlib.sha256(first.path.read_bytes()).digest()
         == hashlib.sha256(second.path.read_bytes()).digest()
     )
+
+
+REDO_HINT = "the copy is damaged or was altered; copy the bundle again from the source"
+
+
+def _member_end(path: Path, name: str) -> int:
+    """Return the offset of the first padding byte after member `name`'s data."""
+    with tarfile.open(path) as tar:
+        member = tar.getmember(name)
+        return member.offset_data + member.size
+
+
+def _archive_end(path: Path) -> int:
+    """Return the offset of the first end-of-archive block."""
+    with tarfile.open(path) as tar:
+        last = tar.getmembers()[-1]
+        return last.offset_data + -(-last.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+@pytest.mark.parametrize("member", ["manifest", "signature", "payload"])
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_flipped_padding_byte_names_member(tmp_path: Path, member: str, position: str) -> None:
+    bundle = make_bundle(tmp_path, {"compose/compose.yml": b"a" * 700, "images/x": b"bb"})
+    name = {
+        "manifest": "airlock/manifest.json",
+        "signature": f"airlock/signatures/{bundle.trusted.key_id}.sig",
+        "payload": "compose/compose.yml",
+    }[member]
+    end = _member_end(bundle.path, name)
+    offset = end if position == "first" else end + (-end % tarfile.BLOCKSIZE) - 1
+    assert bundle.path.read_bytes()[offset] == 0
+    _flip_byte(bundle.path, offset)
+    stage = tmp_path / "stage"
+
+    with pytest.raises(DigestMismatchError) as caught, bundle.path.open("rb") as stream:
+        read_bundle(stream, [bundle.trusted], stage_to=stage)
+
+    assert caught.value.message == (
+        f"member {name} is followed by a non-zero tar padding byte at byte {offset}"
+    )
+    assert caught.value.hint == REDO_HINT
+    assert not (stage / "images/x").exists()
+
+
+def test_flipped_padding_byte_after_last_member(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, {"compose/compose.yml": b"a", "images/x": b"bb"})
+    offset = _member_end(bundle.path, "images/x") + 100
+    _flip_byte(bundle.path, offset)
+
+    with pytest.raises(DigestMismatchError) as caught:
+        verify_file(bundle.path, [bundle.trusted])
+
+    assert caught.value.message == (
+        f"member images/x is followed by a non-zero tar padding byte at byte {offset}"
+    )
+
+
+def test_member_ending_on_block_boundary_verifies(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, {"images/x": b"x" * tarfile.BLOCKSIZE * 3})
+
+    verified = verify_file(bundle.path, [bundle.trusted])
+
+    assert [member.path for member in verified.manifest.members] == ["images/x"]
+
+
+@pytest.mark.parametrize("trimmed", [1, 1024])
+def test_bundle_missing_record_padding_verifies(tmp_path: Path, trimmed: int) -> None:
+    bundle = make_bundle(tmp_path)
+    data = bundle.path.read_bytes()
+    assert len(data) % 10240 == 0
+    assert len(data) - trimmed >= _archive_end(bundle.path) + 2 * tarfile.BLOCKSIZE
+    bundle.path.write_bytes(data[:-trimmed])
+
+    verified = verify_file(bundle.path, [bundle.trusted])
+
+    assert verified.manifest.name == "demo"
+
+
+def test_bundle_with_exact_end_blocks_verifies(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path)
+    end = _archive_end(bundle.path) + 2 * tarfile.BLOCKSIZE
+    bundle.path.write_bytes(bundle.path.read_bytes()[:end])
+
+    verified = verify_file(bundle.path, [bundle.trusted])
+
+    assert verified.manifest.name == "demo"
+
+
+@pytest.mark.parametrize("kept", [0, tarfile.BLOCKSIZE, 2 * tarfile.BLOCKSIZE - 1])
+def test_bundle_missing_end_block_is_rejected(tmp_path: Path, kept: int) -> None:
+    bundle = make_bundle(tmp_path)
+    end = _archive_end(bundle.path) + kept
+    bundle.path.write_bytes(bundle.path.read_bytes()[:end])
+
+    with pytest.raises(DigestMismatchError) as caught:
+        verify_file(bundle.path, [bundle.trusted])
+
+    expected = (
+        "bundle ends without the tar end-of-archive marker"
+        if kept == 0
+        else "bundle ends inside the tar end-of-archive marker, after member compose/compose.yml"
+    )
+    assert caught.value.message == expected
+    assert caught.value.hint == REDO_HINT
+
+
+def test_bundle_cut_inside_padding_names_member(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, {"compose/compose.yml": b"a", "images/x": b"bb"})
+    end = _member_end(bundle.path, "compose/compose.yml") + 10
+    bundle.path.write_bytes(bundle.path.read_bytes()[:end])
+
+    with pytest.raises(DigestMismatchError) as caught:
+        verify_file(bundle.path, [bundle.trusted])
+
+    assert caught.value.message == (
+        "bundle ends early inside the padding after member compose/compose.yml"
+    )
