@@ -25,12 +25,13 @@ from installer.install import (
     plan_install,
 )
 from installer.install import rollback as rollback_release
+from installer.inventory import take_inventory
 from installer.journal import load_journal
 from installer.plan import format_plan
 from installer.policy import VerifyOptions, signer_names, verify_bundle
 from installer.preflight import doctor as run_doctor
 from installer.preflight import parse_size, raise_for_errors
-from installer.progress import make_reporter
+from installer.progress import format_amount, make_reporter
 from installer.pull_policy import PullPolicyMode
 from installer.state import load_state
 
@@ -364,6 +365,30 @@ def doctor(target: Path, reserve_space: str, as_json: bool) -> None:
         for finding in findings:
             click.echo(finding.format())
     raise_for_errors(findings)
+
+
+@main.command(epilog=EXIT_CODES_HELP)
+@target_option
+@json_option
+@report_errors
+def inventory(target: Path, as_json: bool) -> None:
+    """List the images of every release kept in --target and whether Docker holds them.
+
+    Removes nothing. An image marked removable is used by no release newer
+    than the one a rollback returns to.
+    """
+    images = take_inventory(target.resolve(), engine.connect())
+    if as_json:
+        click.echo(json.dumps([image.to_json() for image in images], indent=2, sort_keys=True))
+        return
+    for image in images:
+        where = "present" if image.present else "absent"
+        if image.present and not image.tagged:
+            where += f", not tagged {image.load_tag}"
+        size = f", {format_amount(image.size, 'B')}" if image.size is not None else ""
+        removable = ", removable" if image.removable else ""
+        click.echo(f"{image.reference} {image.image_id[:19]}: {where}{size}{removable}")
+        click.echo(f"  used by {', '.join(image.releases)}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -163,6 +164,16 @@ def test_install_brings_authentik_up_and_second_install_is_noop(
     assert again.returncode == 0, again.stdout + again.stderr
     assert "authentik 2026.2.2 is already installed; nothing changed" in again.stdout
     assert (target / ".env").read_text() == env_text
+
+    listed = run("airlock-install", "inventory", "--target", str(target), "--json")
+    assert listed.returncode == 0, listed.stderr
+    inventory = {item["reference"]: item for item in json.loads(listed.stdout)}
+    server = inventory["ghcr.io/goauthentik/server:2026.2.2"]
+    assert server["present"] is True
+    assert server["tagged"] is True
+    assert server["removable"] is False
+    assert server["releases"] == ["2026.2.2 (sequence 1)"]
+    assert len(inventory) == 6
 
 
 def test_tampered_bundle_changes_nothing(
