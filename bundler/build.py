@@ -308,6 +308,22 @@ def _check_written(output: Path, keys: Sequence[Ed25519PrivateKey]) -> None:
     logger.debug("read %s back: signature and every member verified", output)
 
 
+def check_not_expired(spec: BundleSpec, now: datetime | None = None) -> None:
+    """Refuse to build a bundle every installer would reject as expired."""
+    if spec.expires is None:
+        return
+    expires = datetime.fromisoformat(spec.expires.replace("Z", "+00:00"))
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    now = now or datetime.now(UTC)
+    if expires <= now:
+        raise SpecError(
+            f"bundle spec {spec.path} expires at {spec.expires}, which is already past "
+            f"(now {now.strftime('%Y-%m-%dT%H:%M:%SZ')})",
+            hint="set a later expires, or remove it",
+        )
+
+
 def build(
     options: BuildOptions,
     *,
@@ -331,6 +347,7 @@ def build(
     options.output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="airlock-build-", dir=options.output.parent) as tmp:
         spec = load_spec(options.spec_path, download_dir=Path(tmp) / "downloads")
+        check_not_expired(spec)
         result = _build(options, spec, Path(tmp) / "payload", environ, progress, client)
     if options.split_size is not None:
         parts = split_bundle(

@@ -117,3 +117,19 @@ def test_command_on_empty_target_says_nothing_installed(tmp_path: Path, command:
     result = CliRunner().invoke(install_main, [command, "--target", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.splitlines()[0] == f"error: nothing is installed in {tmp_path}"
+
+
+def test_spec_that_already_expired_is_rejected(tmp_path: Path) -> None:
+    from bundler.build import check_not_expired
+
+    (tmp_path / "compose.yml").write_text("services: {}\n")
+    spec = tmp_path / "bundle.yaml"
+    spec.write_text(
+        "name: demo\nversion: '1'\nsequence: 1\nexpires: '2020-01-01T00:00:00Z'\n"
+        "compose: {files: [compose.yml]}\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        check_not_expired(load_spec(spec))
+    assert caught.value.message.startswith(
+        f"bundle spec {spec} expires at 2020-01-01T00:00:00Z, which is already past (now "
+    )
