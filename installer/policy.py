@@ -266,10 +266,11 @@ def check_trust_update(
     """Return the bundle's checked trust update, or None when it carries none.
 
     Raises `TrustUpdateError` when the update is invalid, when no trust
-    store is in use, when fewer than `threshold` of the bundle's signers
-    are keys of that store allowed to sign its name, when it adds a key
-    the store revoked, or when it adds, changes or revokes a key beyond
-    the bundle names its signers may sign. It changes nothing on the host.
+    store is in use, or when fewer than `threshold` of the bundle's signers
+    are keys of that store allowed to sign its name. Its subclasses reject
+    an update that adds a key the store revoked, or that adds, changes or
+    revokes a key beyond the bundle names its signers may sign. It changes
+    nothing on the host.
     """
     if verified.manifest.member(TRUST_UPDATE_PATH) is None:
         return None
