@@ -320,7 +320,7 @@ def _check_padding(tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
 
     tarfile skips these bytes without reading them, so a damaged byte there
     would pass unnoticed. Call after exactly `info.size` data bytes have
-    been read; tarfile's seek to the next header is then a no-op.
+    been read, so that tarfile's seek to the next header is then a no-op.
     """
     handle = tar.fileobj
     assert handle is not None

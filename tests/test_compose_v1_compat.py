@@ -1,10 +1,10 @@
 """Nested defaults (`${A:-${B:-16}}`) against the real docker-compose v1 on this machine.
 
-airlock resolves them as the Compose Specification says; docker-compose
-1.29 does not, so the installer must reject them before changing anything
-when v1 is the Compose it runs. No Compose v2 is installed here, so the
-v2 case passes a ComposeCommand with a v2 version number to the check; the
-check reads nothing else from it.
+airlock resolves them as the Compose Specification defines them, but
+docker-compose 1.29 does not, so the installer must reject them before
+changing anything when v1 is the Compose it runs. No Compose v2 is
+installed here, so the v2 case gives the check a ComposeCommand with a v2
+version number, the only thing the check reads from it.
 """
 
 from __future__ import annotations
@@ -193,6 +193,29 @@ def test_dry_run_with_v1_reports_nested_default(
 
     assert result.returncode == 4, result.stdout + result.stderr
     assert lines_starting(result.stderr, "error: ") == [V1_ERROR]
+    assert not target.exists()
+
+
+def test_plan_with_v1_lists_nested_default(
+    built: tuple[Path, subprocess.CompletedProcess[str]], keys: Path, tmp_path: Path
+) -> None:
+    v1_command()
+    bundle, _ = built
+    target = tmp_path / "target"
+
+    result = run(
+        "airlock-install",
+        "plan",
+        str(bundle),
+        "--target",
+        str(target),
+        "--key",
+        str(keys / "release.pub"),
+    )
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert lines_starting(result.stderr, "error: ") == [V1_ERROR]
+    assert V1_ERROR.removeprefix("error: preflight failed: compose: ") in result.stdout
     assert not target.exists()
 
 
