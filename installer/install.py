@@ -26,7 +26,7 @@ from pathlib import Path
 
 import docker
 
-from installer import compose_files, dotenv, engine, images, policy, preflight, releases
+from installer import audit, compose_files, dotenv, engine, images, policy, preflight, releases
 from installer.archive import BundleFacts, VerifiedBundle, open_bundle, read_bundle
 from installer.compose_cli import ComposeCommand, ServiceStatus, detect, wait_healthy
 from installer.constants import ENV_FILE, STATE_DIR
@@ -155,6 +155,7 @@ class RollbackOptions:
     target: Path
     to_version: str | None = None
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    audit_log: Path | None = None
 
 
 @dataclass
@@ -741,35 +742,80 @@ def rollback(
                 hint="run the same install again to finish it",
             )
         raise NotInstalledError(target)
-    with TargetLock(target):
-        state = load_state(target)
-        assert state is not None
-        interrupted = load_journal(target)
-        release = _rollback_choice(state, interrupted, options.to_version)
-        if interrupted is None and release.manifest_digest != state.current.manifest_digest:
-            # The operator's edits since the current release was installed
-            # go with it, so that going forward again restores them.
-            releases.save_env(
-                target, state.current, (target / ENV_FILE).read_text(encoding="utf-8")
-            )
-        writer = JournalWriter(
-            target,
-            _rollback_journal(release, state, None),
-            environ,
-        )
-        services = releases.bring_back(
-            target,
-            release,
-            client=engine.connect(environ),
-            command=detect(environ),
-            writer=writer,
-            environ=environ,
-            timeout=options.health_timeout,
-            progress=progress,
-        )
-        left = state.current if release.manifest_digest != state.current.manifest_digest else None
-        releases.record_current(target, state, release)
-        writer.finish()
+    audit_log = options.audit_log or audit.resolve_log_path(None, environ)
+    chosen: Release | None = None
+    try:
+        with TargetLock(target):
+            result = _rollback_locked(options, target, environ, progress)
+        chosen = result.release
+    except BaseException as err:
+        _audit_rollback(audit_log, state.name, chosen, options, target, environ, err)
+        raise
+    _audit_rollback(audit_log, state.name, chosen, options, target, environ, None)
+    return result
+
+
+def _audit_rollback(
+    path: Path,
+    name: str,
+    release: Release | None,
+    options: RollbackOptions,
+    target: Path,
+    environ: Mapping[str, str],
+    error: BaseException | None,
+) -> None:
+    """Append the rollback's audit line; a log that cannot be written is logged, not raised."""
+    record = audit.AuditRecord(
+        action="rollback",
+        result=audit.result_of(error),
+        bundle=name,
+        version=None if release is None else release.version,
+        sequence=None if release is None else release.sequence,
+        manifest_digest=None if release is None else release.manifest_digest,
+        error_class=None if error is None else type(error).__name__,
+        error_message=None if error is None else str(error),
+        flags={"to": options.to_version},
+        target=str(target),
+    )
+    try:
+        audit.append(path, record, environ=environ)
+    except AirlockError as err:
+        logger.error("this rollback is not in the audit log: %s", err)
+
+
+def _rollback_locked(
+    options: RollbackOptions,
+    target: Path,
+    environ: Mapping[str, str],
+    progress: ProgressReporter | None,
+) -> RollbackResult:
+    """Do the rollback with the target's lock held."""
+    state = load_state(target)
+    assert state is not None
+    interrupted = load_journal(target)
+    release = _rollback_choice(state, interrupted, options.to_version)
+    if interrupted is None and release.manifest_digest != state.current.manifest_digest:
+        # The operator's edits since the current release was installed
+        # go with it, so that going forward again restores them.
+        releases.save_env(target, state.current, (target / ENV_FILE).read_text(encoding="utf-8"))
+    writer = JournalWriter(
+        target,
+        _rollback_journal(release, state, None),
+        environ,
+    )
+    services = releases.bring_back(
+        target,
+        release,
+        client=engine.connect(environ),
+        command=detect(environ),
+        writer=writer,
+        environ=environ,
+        timeout=options.health_timeout,
+        progress=progress,
+    )
+    left = state.current if release.manifest_digest != state.current.manifest_digest else None
+    releases.record_current(target, state, release)
+    writer.finish()
     return RollbackResult(release, left, services, interrupted.describe() if interrupted else None)
 
 

@@ -115,6 +115,12 @@ def test_rollback_to_version_restores_release(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "rolled back to 1.0 (sequence 1) (was 2.0)"
+    audit_lines = Path(os.environ["AIRLOCK_AUDIT_LOG"]).read_text().splitlines()
+    record = json.loads(audit_lines[-1])
+    assert record["action"] == "rollback"
+    assert record["result"] == "ok"
+    assert record["version"] == "1.0"
+    assert record["target"] == str(target.resolve())
     assert (target / ".env").read_bytes() == env_v1_edited
     assert stat.S_IMODE((target / ".env").stat().st_mode) == 0o600
     assert current_version(target) == "1.0"
