@@ -1,9 +1,8 @@
 """What images the releases kept in a target use, and which the engine still holds.
 
-An enclave host fills up with images of old releases. Rollback needs the
-previous release's images, so an operator must know which images only
-releases older than that one use before removing anything; this module
-reports it and removes nothing.
+An enclave host fills up with images of old releases, and rollback needs the
+previous release's images. This module reports which images only releases
+older than that one use, and removes nothing.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Check a staged image store against the signed manifest before `docker load` sees it.
+"""Check a staged image store against the signed manifest before `docker load` reads it.
 
 The signature proves who built the bundle, not that its builder wrote a
 store `docker load` can use. Engine 20.10 needs a docker-archive
