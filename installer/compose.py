@@ -383,6 +383,8 @@ class VariableUse:
     # Key path of the reference, e.g. "services.db.environment.PASSWORD".
     key_path: str
     source: str
+    # The operator as written (`:-`, `-`, `:?`, `?`, `:+`, `+`), or None for `$VAR`/`${VAR}`.
+    operator: str | None = None
 
 
 def _walk_variables(nodes: Sequence[_Node]) -> Iterator[_Variable]:
@@ -430,6 +432,7 @@ def variable_uses(data: Any, *, source: str) -> list[VariableUse]:
                     default=variable.word_text if has_default else None,
                     key_path=path,
                     source=source,
+                    operator=variable.operator or None,
                 )
             )
     return uses

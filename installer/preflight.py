@@ -20,7 +20,14 @@ from pathlib import Path
 import docker
 
 from installer import dotenv, engine, releases
-from installer.compose import ComposeProject, NestedExpression, nested_expressions, read_document
+from installer.compose import (
+    ComposeProject,
+    NestedExpression,
+    VariableUse,
+    nested_expressions,
+    read_document,
+    variable_uses,
+)
 from installer.compose_cli import ComposeCommand, detect, service_status
 from installer.constants import COMPOSE_PROJECT_LABEL, ENV_FILE
 from installer.errors import (
@@ -180,27 +187,32 @@ def _nested_hint(nested: NestedExpression) -> str:
 def check_nested_defaults(
     project: ComposeProject | None, command: ComposeCommand | None
 ) -> list[Finding]:
-    """Reject nested defaults (`${A:-${B}}`) in the project's compose files under Compose v1.
+    """Reject nested defaults (`${A:-${B}}`) and alternative values under Compose v1.
 
-    Compose v2 reads them as the Compose Specification says, as airlock does.
+    Compose v2 reads both as the Compose Specification says, as airlock does.
     docker-compose v1 ends an expression at its first `}` and never
     interpolates the default, so it runs a wrong image or value.
     """
     if project is None or command is None:
         return []
     found: list[NestedExpression] = []
+    alternatives: list[VariableUse] = []
     for path in project.compose_files:
         document = read_document(path)
-        found += nested_expressions(document, source=_display_name(path, project))
+        source = _display_name(path, project)
+        found += nested_expressions(document, source=source)
+        alternatives += [
+            use for use in variable_uses(document, source=source) if use.operator in (":+", "+")
+        ]
+    findings = [] if command.is_v2 else _v1_alternatives(alternatives, command)
     if not found:
-        return []
+        return findings
     if command.is_v2:
         message = (
             f"Compose {command.version} reads nested defaults as the Compose Specification "
             f"says ({len(found)} found)"
         )
         return [Finding("compose", OK, message)]
-    findings = []
     for nested in found:
         kind = _WORD_KIND.get(nested.operator, "replacement")
         findings.append(
@@ -215,6 +227,27 @@ def check_nested_defaults(
             )
         )
     return findings
+
+
+def _v1_alternatives(uses: list[VariableUse], command: ComposeCommand) -> list[Finding]:
+    """Reject `${VAR:+word}` and `${VAR+word}`, which docker-compose v1 refuses to read.
+
+    docker-compose 1.29.2 stops with "Invalid interpolation format" on them
+    (checked here with `docker-compose config`), which would only show at `up`.
+    """
+    return [
+        Finding(
+            "compose",
+            ERROR,
+            f"{use.source}: {use.key_path}: ${{{use.name}{use.operator}...}} gives an "
+            f"alternative value, which docker-compose {command.version} rejects as an "
+            "invalid interpolation format",
+            "install the Compose v2 plugin (`docker compose`) and install again, or have "
+            "the bundle rebuilt without the alternative-value expression",
+            ComposeUnavailableError,
+        )
+        for use in uses
+    ]
 
 
 def _disk_usage_free(path: Path) -> int:

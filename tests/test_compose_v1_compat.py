@@ -295,3 +295,49 @@ def test_check_without_nested_default_is_silent(tmp_path: Path) -> None:
     project = load_project([compose_file], {})
 
     assert check_nested_defaults(project, v1_command()) == []
+
+
+def test_alternative_value_under_v1_is_rejected(tmp_path: Path) -> None:
+    """docker-compose 1.29 refuses `${VAR:+word}` and `${VAR+word}` as invalid formats."""
+    compose_file = tmp_path / "docker-compose.yml"
+    compose_file.write_text(
+        "services:\n  db:\n    image: busybox:1\n"
+        "    environment:\n      DEBUG: ${VERBOSE:+yes}\n      TRACE: ${TRACE+on}\n"
+    )
+    command = v1_command()
+    project = load_project([compose_file], {})
+
+    findings = check_nested_defaults(project, command)
+
+    assert [(finding.level, finding.message) for finding in findings] == [
+        (
+            ERROR,
+            "docker-compose.yml: services.db.environment.DEBUG: ${VERBOSE:+...} gives an "
+            f"alternative value, which docker-compose {command.version} rejects as an "
+            "invalid interpolation format",
+        ),
+        (
+            ERROR,
+            "docker-compose.yml: services.db.environment.TRACE: ${TRACE+...} gives an "
+            f"alternative value, which docker-compose {command.version} rejects as an "
+            "invalid interpolation format",
+        ),
+    ]
+    rejected = subprocess.run(
+        ["docker-compose", "-f", str(compose_file), "config"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert rejected.returncode != 0
+    assert "Invalid interpolation format" in rejected.stderr
+
+
+def test_alternative_value_under_v2_passes(tmp_path: Path) -> None:
+    compose_file = tmp_path / "docker-compose.yml"
+    compose_file.write_text("services:\n  db:\n    image: busybox:${TAG:+1}\n")
+    project = load_project([compose_file], {"TAG": "x"})
+    command = ComposeCommand(("docker", "compose"), "2.24.6")
+
+    assert check_nested_defaults(project, command) == []
