@@ -11,6 +11,7 @@ import errno
 import fcntl
 import logging
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -41,7 +42,7 @@ class TargetLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            holder = _read_pid(fd)
+            holder = _wait_for_pid(fd)
             os.close(fd)
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise InstallError(f"locking {self.path} failed: {err.strerror}") from err
@@ -91,3 +92,15 @@ def _read_pid(fd: int) -> int | None:
     except OSError:
         return None
     return int(text) if text.isdigit() else None
+
+
+def _wait_for_pid(fd: int, timeout: float = 1.0) -> int | None:
+    """Read the holder's PID, waiting briefly for a holder that has just taken the lock.
+
+    The holder writes its PID right after `flock` succeeds, so a run that
+    loses the race can find the file still empty for a moment.
+    """
+    deadline = time.monotonic() + timeout
+    while (pid := _read_pid(fd)) is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pid
