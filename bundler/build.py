@@ -65,7 +65,7 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a build wrote, for the CLI to report."""
+    """The bundle a build wrote, for the CLI to report."""
 
     output: Path
     manifest: Manifest

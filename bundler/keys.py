@@ -69,7 +69,7 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
             hint="create one with airlock-bundle keygen",
         ) from err
     if not isinstance(private_key, Ed25519PrivateKey):
-        raise UsageError(f"{path} holds a {type(private_key).__name__}, not an Ed25519 key")
+        raise UsageError(f"{path} contains a {type(private_key).__name__}, not an Ed25519 key")
     return private_key
 
 

@@ -25,7 +25,11 @@ Exit codes:
 
 def configure_logging(verbose: int, quiet: bool) -> None:
     """Send log records to stderr: INFO by default, DEBUG with -v, WARNING with -q."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    level = logging.INFO
+    if quiet:
+        level = logging.WARNING
+    elif verbose:
+        level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(levelname)s %(message)s" if verbose else "%(message)s")

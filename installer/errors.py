@@ -36,7 +36,7 @@ class AirlockError(Exception):
 
 
 class UsageError(AirlockError):
-    """The command line or a spec file asks for something impossible."""
+    """The command line or a spec file requests something invalid."""
 
     exit_code = EXIT_USAGE
 
@@ -122,7 +122,7 @@ class EnvironmentNotReadyError(AirlockError):
 
 
 class DockerUnavailableError(EnvironmentNotReadyError):
-    """The Docker engine does not answer."""
+    """The Docker engine does not respond."""
 
 
 class ComposeUnavailableError(EnvironmentNotReadyError):
@@ -130,7 +130,7 @@ class ComposeUnavailableError(EnvironmentNotReadyError):
 
 
 class RegistryUnavailableError(EnvironmentNotReadyError):
-    """The enclave registry does not answer."""
+    """The enclave registry does not respond."""
 
 
 class DiskSpaceError(EnvironmentNotReadyError):

@@ -178,7 +178,7 @@ class PullingService:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What a bundle is; the model of `airlock/manifest.json`."""
+    """The model of `airlock/manifest.json`: what a bundle is and what it contains."""
 
     name: str
     version: str

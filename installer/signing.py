@@ -76,7 +76,7 @@ def load_public_key(path: Path) -> TrustedKey:
             hint="pass the .pub file that airlock-bundle keygen wrote",
         ) from err
     if not isinstance(public_key, Ed25519PublicKey):
-        raise UsageError(f"{path} holds a {type(public_key).__name__}, not an Ed25519 key")
+        raise UsageError(f"{path} contains a {type(public_key).__name__}, not an Ed25519 key")
     return TrustedKey(key_id(public_key), path.stem, public_key, path)
 
 
